@@ -1,0 +1,1 @@
+"""tile_assets: tiled imagery inference as Dagster software-defined assets."""

@@ -1,0 +1,160 @@
+"""One storage interface over a local folder or an S3 prefix, chosen by URI scheme.
+
+Everything the pipeline reads or writes goes through a `Store`: listing an
+inbox, heading an object for its version, reading and atomically writing
+catalog files, and telling rasterio how to open an object in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from tile_assets.core.errors import StoreError
+from tile_assets.core.types import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".jpg", ".jpeg", ".png", ".jp2", ".vrt"})
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a key or path names an image the pipeline should look at (by suffix)."""
+    return Path(name.rstrip("/")).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with `/`."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a plain path or `file://` URI."""
+    if uri.startswith("file://"):
+        return Path(urlparse(uri).path)
+    return Path(uri)
+
+
+class Store(Protocol):
+    """List, head, read and atomically write objects under URIs of one kind."""
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Objects under `prefix` in lexicographic URI order, after `start_after`."""
+        ...
+
+    def head(self, uri: str) -> ObjectInfo: ...
+
+    def exists(self, uri: str) -> bool: ...
+
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str = "") -> None:
+        """Write all of `data` or nothing: readers never see a partial object."""
+        ...
+
+    def delete(self, uri: str) -> None: ...
+
+    def raster_path(self, uri: str) -> str:
+        """The path rasterio/GDAL opens for `uri` (a local path, or `/vsis3/...`)."""
+        ...
+
+    def raster_env(self) -> AbstractContextManager[Any]:
+        """A context in which `raster_path` results open (GDAL/AWS config)."""
+        ...
+
+    def fingerprint(self, uri: str) -> str:
+        """A content version: sha256 for local files, the ETag on S3."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalStore:
+    """A `Store` over the local filesystem; writes go to a temp file then rename."""
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        root = local_path(prefix)
+        if not root.exists():
+            raise StoreError(prefix, "folder does not exist")
+        paths = sorted(str(p) for p in root.rglob("*") if p.is_file())
+        for path in paths:
+            if start_after and path <= start_after:
+                continue
+            stat = os.stat(path)
+            yield ObjectInfo(
+                uri=path, size=stat.st_size, etag=_stat_etag(stat), last_modified=stat.st_mtime
+            )
+
+    def head(self, uri: str) -> ObjectInfo:
+        path = local_path(uri)
+        try:
+            stat = path.stat()
+        except FileNotFoundError as exc:
+            raise StoreError(uri, "no such file") from exc
+        return ObjectInfo(
+            uri=str(path), size=stat.st_size, etag=_stat_etag(stat), last_modified=stat.st_mtime
+        )
+
+    def exists(self, uri: str) -> bool:
+        return local_path(uri).exists()
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return local_path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(uri, "no such file") from exc
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str = "") -> None:
+        path = local_path(uri)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StoreError(uri, f"write failed: {exc.strerror or exc}") from exc
+
+    def delete(self, uri: str) -> None:
+        local_path(uri).unlink(missing_ok=True)
+
+    def raster_path(self, uri: str) -> str:
+        return str(local_path(uri))
+
+    def raster_env(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def fingerprint(self, uri: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            with local_path(uri).open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        except FileNotFoundError as exc:
+            raise StoreError(uri, "no such file") from exc
+        return f"sha256:{digest.hexdigest()}"
+
+
+def _stat_etag(stat: os.stat_result) -> str:
+    """A cheap local version tag for listings: size and nanosecond mtime."""
+    return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"

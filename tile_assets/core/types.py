@@ -1,0 +1,154 @@
+"""Small, frozen, JSON-able descriptors that cross step boundaries, and option types.
+
+Pixel containers never appear here: these are what Dagster steps hand each
+other (scene info, tile windows, batch plans, findings, tile results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Self
+
+MatchMetric = Literal["iou", "ios"]
+MergeStrategy = Literal["nms", "greedy_nmm", "none"]
+EdgeMode = Literal["shift", "pad"]
+TileStatus = Literal["ok", "failed"]
+
+Box = tuple[float, float, float, float]
+"""Pixel box (x0, y0, x1, y1), x to the right, y down, x1/y1 exclusive."""
+
+
+class _JsonMixin:
+    """to_dict / from_dict for dataclasses of plain values (tuples become lists in JSON)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in names:
+                continue
+            kwargs[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ObjectInfo(_JsonMixin):
+    """One object in a store listing: where it is and which version it is."""
+
+    uri: str
+    size: int
+    etag: str
+    last_modified: float = 0.0
+
+
+@dataclass(frozen=True)
+class SceneInfo(_JsonMixin):
+    """What `source_images` learns about an image without keeping its pixels."""
+
+    uri: str
+    partition_key: str
+    fingerprint: str
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    size_bytes: int
+    crs: str | None = None
+    transform: tuple[float, ...] | None = None
+    bounds: tuple[float, float, float, float] | None = None
+    bounds_wgs84: tuple[float, float, float, float] | None = None
+    nodata: float | None = None
+    colorinterp: tuple[str, ...] = ()
+    has_alpha: bool = False
+    has_internal_mask: bool = False
+    block_shape: tuple[int, int] | None = None
+    resolution: tuple[float, float] | None = None
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None and self.transform is not None
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+
+@dataclass(frozen=True)
+class TileWindow(_JsonMixin):
+    """One tile of the grid: its id, grid position and pixel window in the scene."""
+
+    tile_id: str
+    row: int
+    col: int
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+    @property
+    def box(self) -> Box:
+        return (
+            float(self.col_off),
+            float(self.row_off),
+            float(self.col_off + self.width),
+            float(self.row_off + self.height),
+        )
+
+
+@dataclass(frozen=True)
+class GridSpec(_JsonMixin):
+    """How a scene is cut: tile size, overlap (ratio < 1 or pixels >= 1) and edge handling."""
+
+    tile_size: int = 512
+    overlap: float = 0.2
+    edge: EdgeMode = "shift"
+
+    def overlap_pixels(self) -> int:
+        """Overlap in pixels: a value below 1 is a ratio of the tile size."""
+        if self.overlap < 1:
+            return int(round(self.overlap * self.tile_size))
+        return int(self.overlap)
+
+
+@dataclass(frozen=True)
+class Finding(_JsonMixin):
+    """One object a model found, in scene pixel coordinates."""
+
+    label: str
+    score: float
+    box: Box
+    tile_id: str = ""
+    area_px: float = 0.0
+    model: str = ""
+    model_version: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TileResult(_JsonMixin):
+    """What one tile produced: findings and cover fractions, or the reason it failed."""
+
+    tile_id: str
+    status: TileStatus
+    findings: tuple[Finding, ...] = ()
+    cover: dict[str, float] = field(default_factory=dict)
+    valid_pixels: int = 0
+    error_type: str = ""
+    error_message: str = ""
+    from_cache: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["findings"] = [f.to_dict() for f in self.findings]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        data = dict(data)
+        data["findings"] = tuple(Finding.from_dict(f) for f in data.get("findings", []))
+        return super().from_dict(data)
