@@ -1,0 +1,42 @@
+"""The pixel container a model sees: one tile's masked array and what its bands mean.
+
+It lives only inside one step (read, predict, drop); it never crosses steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tile_assets.core.types import TileWindow
+
+
+@dataclass
+class TileImage:
+    """One tile's pixels: `data` is (bands, rows, cols), masked where invalid.
+
+    `colorinterp` names each band ("red", "green", "blue", "nir", "gray",
+    "alpha" dropped already, "undefined"); models pick bands by name.
+    `data` keeps the source dtype; `scale_max` is the value that means "full
+    brightness" for that dtype (255 for uint8, the 99th percentile for others)
+    so models can normalize without guessing.
+    """
+
+    window: TileWindow
+    data: np.ma.MaskedArray
+    colorinterp: tuple[str, ...]
+    scale_max: float
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean (rows, cols): True where every band holds a valid pixel."""
+        mask = np.ma.getmaskarray(self.data)
+        return ~mask.any(axis=0)
+
+    def band(self, name: str) -> np.ma.MaskedArray | None:
+        """The band called `name`, as float32 scaled to 0..1, or None if absent."""
+        if name not in self.colorinterp:
+            return None
+        idx = self.colorinterp.index(name)
+        return (self.data[idx].astype(np.float32) / np.float32(self.scale_max)).clip(0, 1)

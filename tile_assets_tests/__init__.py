@@ -1,0 +1,1 @@
+"""Tests for tile_assets; layout mirrors the package."""

@@ -1,0 +1,1 @@
+"""Tests for the Dagster layer through its public APIs."""
