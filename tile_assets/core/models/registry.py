@@ -1,0 +1,72 @@
+"""Find models by name through the `tile_assets.models` entry-point group.
+
+Entry points let a separate package add a model (an ONNX detector, a cloud
+API) by declaring it in its own pyproject, with no change here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from tile_assets.core.errors import ModelError
+from tile_assets.core.models.base import TileModel
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "tile_assets.models"
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_models() -> dict[str, str]:
+    """Registered model names mapped to the `module:Class` they load, sorted by name."""
+    return {name: ep.value for name, ep in sorted(_entry_points().items())}
+
+
+def load_model(name: str, params: dict[str, Any] | None = None) -> TileModel:
+    """Instantiate the model registered as `name`, passing `params` as keyword arguments.
+
+    Raises `ModelError` for an unknown name (listing the available ones), a
+    class that fails to import, or params the model does not accept.
+    """
+    eps = _entry_points()
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none"
+        raise ModelError(name, f"unknown model; available: {known}")
+    try:
+        cls = eps[name].load()
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(name, f"cannot load {eps[name].value}: {exc}") from exc
+    kwargs = dict(params or {})
+    _check_param_names(name, cls, kwargs)
+    try:
+        model = cls(**kwargs)
+    except TypeError as exc:
+        raise ModelError(name, f"bad params: {exc}") from exc
+    if not isinstance(model, TileModel):
+        raise ModelError(name, f"{eps[name].value} does not implement TileModel")
+    log.debug("loaded model %s %s with params %s", model.name, model.version, model.params())
+    return model
+
+
+def _check_param_names(name: str, cls: type, kwargs: dict[str, Any]) -> None:
+    """Reject unknown keyword params up front with a message naming them and the accepted ones."""
+    sig = inspect.signature(cls)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    accepted = {
+        p.name
+        for p in sig.parameters.values()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ModelError(
+            name,
+            f"unknown param(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}",
+        )
