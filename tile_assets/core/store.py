@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -158,3 +158,39 @@ class LocalStore:
 def _stat_etag(stat: os.stat_result) -> str:
     """A cheap local version tag for listings: size and nanosecond mtime."""
     return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3 or an S3-compatible server; secrets never appear in repr or logs.
+
+    Unset fields fall back to boto3's own resolution (``AWS_ENDPOINT_URL``,
+    ``AWS_REGION``, the credential chain), so the same code runs on AWS and on
+    a local server. ``use_ssl`` picks the scheme of an endpoint given without one.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    use_ssl: bool = True
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    def resolved_endpoint(self) -> str | None:
+        """The endpoint URL with a scheme, or None to let boto3 decide."""
+        if not self.endpoint_url:
+            return None
+        if "://" in self.endpoint_url:
+            return self.endpoint_url
+        return f"{'https' if self.use_ssl else 'http'}://{self.endpoint_url}"
+
+
+def open_store(uri: str, s3: S3Settings | None = None) -> Store:
+    """The store for a URI's scheme: `s3://` gives an S3Store, a path or `file://` a LocalStore."""
+    if is_s3_uri(uri):
+        from tile_assets.core.s3store import S3Store  # boto3 is only imported when S3 is used
+
+        return S3Store.from_settings(s3 or S3Settings())
+    if "://" in uri and not uri.startswith("file://"):
+        raise StoreError(uri, "unsupported URI scheme (use a path, file:// or s3://)")
+    return LocalStore()

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 NOTABLE_COUNT = 5
 MAX_FAILED_NAMED = 3
 GRID = 3
+MIN_PATTERN = 3
 _COMPASS = (
     ("north-west", "north", "north-east"),
     ("west", "centre", "east"),
@@ -169,10 +170,15 @@ def _places(scene: SceneInfo) -> tuple[tuple[str, ...], ...]:
 
 
 def _distribution_phrase(grid: np.ndarray, places: tuple[tuple[str, ...], ...]) -> str:
-    """One phrase: concentrated (half or more in one cell), spread evenly, or where most are."""
+    """One phrase: concentrated (half or more in one cell), spread evenly, or where most are.
+
+    Fewer than `MIN_PATTERN` findings are not called a pattern.
+    """
     total = int(grid.sum())
     if total == 0:
         return "no findings"
+    if total < MIN_PATTERN:
+        return "too few to show a spatial pattern"
     flat = grid.ravel()
     top = int(np.argmax(flat))
     name = places[top // GRID][top % GRID]

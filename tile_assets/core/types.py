@@ -68,6 +68,7 @@ class SceneInfo(_JsonMixin):
     has_internal_mask: bool = False
     block_shape: tuple[int, int] | None = None
     resolution: tuple[float, float] | None = None
+    last_modified: float = 0.0
 
     @property
     def georeferenced(self) -> bool:

@@ -1,0 +1,176 @@
+"""`tile_findings`: the batched, durable fan-out of the per-tile model over a scene.
+
+plan_batches ─DynamicOutput per batch─▶ infer_batch (pool `tile_inference`,
+RetryPolicy) ─collect─▶ merge_findings. Every batch reads its own windows from
+the source; only windows, reports and paths cross steps.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+
+from tile_assets.assets import CODE_VERSION, GROUP
+from tile_assets.core.batches import BatchPlan, plan_batches as cut_batches
+from tile_assets.core.cache import TileCache
+from tile_assets.core.catalog import findings_frame, read_parquet, write_geoparquet, write_parquet
+from tile_assets.core.errors import TileAssetsError, TransientError
+from tile_assets.core.inference import BatchReport, run_batch
+from tile_assets.core.keys import model_key
+from tile_assets.core.merge import merge_findings as merge_boxes
+from tile_assets.core.tables import tile_results_frame
+from tile_assets.core.tiling import manifest_windows
+from tile_assets.core.types import GridSpec, SceneInfo
+from tile_assets.partitions import scenes
+from tile_assets.resources import ImageryStore, TileModelResource
+
+INFERENCE_POOL = "tile_inference"
+MAX_RETRIES = 3
+INFERENCE_RETRY = dg.RetryPolicy(
+    max_retries=MAX_RETRIES, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+class BatchingConfig(dg.Config):
+    """About `target_steps` inference steps per scene, at most `max_tiles_per_batch` tiles each."""
+
+    target_steps: int = 8
+    max_tiles_per_batch: int = 256
+
+
+class MergeConfig(dg.Config):
+    """How duplicates in tile overlaps are merged (SAHI's postprocess options)."""
+
+    strategy: Literal["nms", "greedy_nmm", "none"] = "greedy_nmm"
+    metric: Literal["iou", "ios"] = "ios"
+    threshold: float = 0.5
+    class_agnostic: bool = False
+
+
+@dg.op(out=dg.DynamicOut(dict))
+def plan_batches(context: dg.OpExecutionContext, config: BatchingConfig, imagery: ImageryStore, tiles: dict):
+    """Cut the scene's tiles into batches, one dynamic output (and step) per batch."""
+    manifest = read_parquet(imagery.catalog_store(), tiles["uri"])
+    plans = cut_batches(manifest_windows(manifest), config.target_steps, config.max_tiles_per_batch)
+    context.log.info(f"{len(manifest)} tiles in {len(plans)} batches")
+    for plan in plans:
+        yield dg.DynamicOutput(plan.to_dict(), mapping_key=plan.batch_id)
+
+
+@dg.op(pool=INFERENCE_POOL, retry_policy=INFERENCE_RETRY)
+def infer_batch(
+    context: dg.OpExecutionContext,
+    imagery: ImageryStore,
+    tile_model: TileModelResource,
+    source_images: dict,
+    tiles: dict,
+    batch: dict,
+) -> dict:
+    """Run the tile model over one batch, reading only its windows; failed tiles become rows."""
+    scene = SceneInfo.from_dict(source_images)
+    plan = BatchPlan.from_dict(batch)
+    model = tile_model.load()
+    cache = TileCache(
+        imagery.catalog_store(), imagery.catalog, model_key(model.name, model.version, model.params()), scene.fingerprint
+    )
+
+    def progress(done: int, failed: int, total: int) -> None:
+        context.log.info(f"batch {plan.batch_id}: {done}/{total} tiles done, {failed} failed")
+
+    try:
+        report = run_batch(
+            imagery.store_for(scene.uri),
+            scene,
+            plan,
+            GridSpec.from_dict(tiles["spec"]),
+            model,
+            cache,
+            final_attempt=context.retry_number >= MAX_RETRIES,
+            on_progress=progress,
+        )
+    except TransientError:
+        raise
+    except TileAssetsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    return report.to_dict()
+
+
+@dg.op
+def merge_findings(
+    context: dg.OpExecutionContext,
+    config: MergeConfig,
+    imagery: ImageryStore,
+    source_images: dict,
+    reports: list[dict],
+) -> dg.Output[dict]:
+    """Merge findings across tile overlaps and write findings and per-tile status tables."""
+    key = source_images["partition_key"]
+    scene = SceneInfo.from_dict(source_images)
+    batch_reports = [BatchReport.from_dict(r) for r in reports]
+    results = [r for b in batch_reports for r in b.results]
+    raw = [f for r in results for f in r.findings]
+    merged = merge_boxes(raw, config.strategy, config.metric, config.threshold, config.class_agnostic)
+    store = imagery.catalog_store()
+    findings_uri = imagery.scene_uri(key, "findings.parquet")
+    results_uri = imagery.scene_uri(key, "tile_results.parquet")
+    write_geoparquet(store, findings_uri, findings_frame(scene, merged))
+    write_parquet(store, results_uri, tile_results_frame(results))
+    counts: dict[str, int] = {}
+    for f in merged:
+        counts[f.label] = counts.get(f.label, 0) + 1
+    failed = [r for r in results if r.status == "failed"]
+    summary = {
+        "findings_uri": findings_uri,
+        "tile_results_uri": results_uri,
+        "findings": len(merged),
+        "findings_before_merge": len(raw),
+        "counts_by_label": dict(sorted(counts.items())),
+        "tiles_planned": len(results),
+        "tiles_ok": len(results) - len(failed),
+        "tiles_failed": len(failed),
+        "tiles_inferred": sum(b.tiles_inferred for b in batch_reports),
+        "tiles_from_cache": sum(b.tiles_from_cache for b in batch_reports),
+        "coverage": (len(results) - len(failed)) / len(results) if results else 1.0,
+        "merge": config.model_dump(),
+    }
+    context.log.info(
+        f"{len(raw)} raw findings merged to {len(merged)}; {len(failed)} tile(s) failed"
+    )
+    return dg.Output(
+        summary,
+        metadata={
+            "findings": len(merged),
+            "findings_before_merge": len(raw),
+            "counts_by_label": dg.MetadataValue.json(summary["counts_by_label"]),
+            "tiles_inferred": summary["tiles_inferred"],
+            "tiles_from_cache": summary["tiles_from_cache"],
+            "tiles_failed": summary["tiles_failed"],
+            "coverage": round(summary["coverage"], 4),
+            "findings_path": dg.MetadataValue.path(findings_uri),
+            "tile_results_path": dg.MetadataValue.path(results_uri),
+        },
+    )
+
+
+@dg.graph_asset(
+    partitions_def=scenes,
+    group_name=GROUP,
+    code_version=CODE_VERSION,
+    kinds={"python", "geoparquet"},
+    owners=["team:imagery"],
+)
+def tile_findings(source_images: dict, tiles: dict) -> dict:
+    """Findings of the per-tile model over every tile, merged across tile borders.
+
+    Tiles are cut into batches; each batch is one step in pool
+    `tile_inference`, retried with exponential backoff on transient errors, and
+    reads its own windows straight from the source. A tile that fails
+    permanently becomes a failure row; its batch goes on. Results are cached
+    per tile by (source fingerprint, window, model), so a rerun infers only
+    missing or failed tiles. Duplicates in tile overlaps are merged (greedy
+    NMM on IoS by default). Writes `findings.parquet` (GeoParquet) and
+    `tile_results.parquet`.
+    """
+    reports = plan_batches(tiles).map(lambda batch: infer_batch(source_images, tiles, batch))
+    return merge_findings(source_images, reports.collect())

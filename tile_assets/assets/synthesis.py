@@ -1,0 +1,109 @@
+"""`scene_synthesis`: one description per scene, its preview and its STAC Item."""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import datetime, timezone
+
+import dagster as dg
+from PIL import Image
+
+from tile_assets.assets import CODE_VERSION, GROUP
+from tile_assets.assets.failures import record_scene_status
+from tile_assets.core.catalog import (
+    read_geoparquet,
+    read_parquet,
+    scene_item,
+    write_json,
+    write_stac_json,
+)
+from tile_assets.core.preview import render_preview
+from tile_assets.core.raster import open_raster
+from tile_assets.core.synthesis import synthesize
+from tile_assets.core.tables import findings_from_frame, results_from_frame
+from tile_assets.core.types import SceneInfo
+from tile_assets.partitions import scenes
+from tile_assets.resources import ImageryStore
+
+THUMBNAIL_SIDE = 320
+
+
+def thumbnail_markdown(png: bytes, alt: str) -> str:
+    """A small inline PNG for the UI's markdown metadata (the full preview stays in the catalog)."""
+    image = Image.open(io.BytesIO(png))
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+@dg.asset(
+    partitions_def=scenes,
+    group_name=GROUP,
+    code_version=CODE_VERSION,
+    kinds={"stac", "png", "json"},
+    owners=["team:imagery"],
+)
+def scene_synthesis(
+    context: dg.AssetExecutionContext,
+    imagery: ImageryStore,
+    source_images: dict,
+    tiles: dict,
+    tile_findings: dict,
+) -> dg.Output[dict]:
+    """One description of the scene, built from the tiles that succeeded.
+
+    Counts by label after merge, cover fractions over the scene, where
+    findings concentrate (3×3), notable objects with their locations, the
+    tiles that failed and the coverage, plus a preview PNG (downsampled scene
+    with boxes) and a STAC Item linking the source, findings and preview.
+    Writes `synthesis.json`, `preview.png` and `item.json`.
+    """
+    key = context.partition_key
+    scene = SceneInfo.from_dict(source_images)
+    store = imagery.catalog_store()
+    manifest = read_parquet(store, tiles["uri"])
+    results = results_from_frame(read_parquet(store, tile_findings["tile_results_uri"]))
+    merged = findings_from_frame(read_geoparquet(store, tile_findings["findings_uri"]))
+    synthesis = synthesize(scene, manifest, results, merged)
+
+    with open_raster(imagery.store_for(scene.uri), scene.uri) as ds:
+        png = render_preview(ds, merged)
+    preview_uri = imagery.scene_uri(key, "preview.png")
+    store.write_bytes(preview_uri, png, "image/png")
+    synthesis_uri = imagery.scene_uri(key, "synthesis.json")
+    write_json(store, synthesis_uri, synthesis)
+
+    modified = datetime.fromtimestamp(scene.last_modified, tz=timezone.utc)
+    item = scene_item(
+        scene,
+        synthesis,
+        {
+            "source": scene.uri,
+            "findings": tile_findings["findings_uri"],
+            "preview": preview_uri,
+            "synthesis": synthesis_uri,
+        },
+        datetime=modified,
+    )
+    item_uri = imagery.scene_uri(key, "item.json")
+    write_stac_json(store, item_uri, item)
+    record_scene_status(
+        imagery, key, {"status": "complete", "coverage": synthesis["coverage"], "item": item_uri}
+    )
+    context.log.info(synthesis["description"])
+    return dg.Output(
+        {"synthesis_uri": synthesis_uri, "item_uri": item_uri, "preview_uri": preview_uri,
+         "coverage": synthesis["coverage"], "counts_by_label": synthesis["counts_by_label"]},
+        metadata={
+            "description": dg.MetadataValue.md(synthesis["description"]),
+            "preview": dg.MetadataValue.md(thumbnail_markdown(png, key)),
+            "counts_by_label": dg.MetadataValue.json(synthesis["counts_by_label"]),
+            "coverage": round(synthesis["coverage"], 4),
+            "tiles_failed": len(synthesis["failed_tiles"]),
+            "preview_path": dg.MetadataValue.path(preview_uri),
+            "stac_item": dg.MetadataValue.path(item_uri),
+            "synthesis_path": dg.MetadataValue.path(synthesis_uri),
+        },
+    )

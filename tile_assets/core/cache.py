@@ -1,0 +1,61 @@
+"""Tile-result cache keyed by content: (source version, window, model identity).
+
+A rerun finds every tile that already succeeded here and infers only the
+rest; a new image version or a new model name/version/params misses.
+Failed tiles are never cached, so a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from tile_assets.core.errors import StoreError, TransientStoreError
+from tile_assets.core.keys import tile_cache_key
+from tile_assets.core.store import Store, join_uri
+from tile_assets.core.types import TileResult, TileWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileCache:
+    """Per-tile JSON results under `<catalog>/cache/<model_key>/<fingerprint>/`."""
+
+    store: Store
+    catalog: str
+    model_key: str
+    fingerprint: str
+
+    @property
+    def prefix(self) -> str:
+        version = self.fingerprint.replace(":", "-")
+        return join_uri(self.catalog, "cache", self.model_key, version)
+
+    def uri(self, window: TileWindow) -> str:
+        return join_uri(self.prefix, f"{tile_cache_key(self.fingerprint, window)}.json")
+
+    def get(self, window: TileWindow) -> TileResult | None:
+        """The cached result of a tile, or None when it was never done (or is unreadable)."""
+        uri = self.uri(window)
+        try:
+            data = json.loads(self.store.read_bytes(uri))
+        except TransientStoreError:
+            raise
+        except StoreError:
+            return None
+        except ValueError:
+            log.warning("ignoring unreadable cache entry %s", uri)
+            return None
+        result = TileResult.from_dict(data)
+        if result.tile_id != window.tile_id:
+            result = TileResult.from_dict({**data, "tile_id": window.tile_id})
+        return result
+
+    def put(self, window: TileWindow, result: TileResult) -> None:
+        """Remember a successful tile; failures are never cached."""
+        if result.status != "ok":
+            return
+        payload = json.dumps(result.to_dict(), sort_keys=True).encode()
+        self.store.write_bytes(self.uri(window), payload, "application/json")

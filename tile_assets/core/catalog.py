@@ -1,0 +1,342 @@
+"""Catalog formats: findings as GeoParquet, scenes as STAC Items, the catalog as a Collection.
+
+Every writer turns its object into bytes in memory and hands them to a
+`Store`, so the same code publishes to a local folder or an S3 prefix. Hrefs
+are kept absolute (local paths or s3:// URIs) so a document resolves from
+wherever it is read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+import datetime as dt
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pystac
+from pystac.extensions.label import (
+    LabelClasses,
+    LabelCount,
+    LabelExtension,
+    LabelOverview,
+    LabelTask,
+    LabelType,
+)
+from pystac.extensions.projection import ProjectionExtension
+from shapely import make_valid
+from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from tile_assets.core.geo import WGS84, box_polygon, footprint_wgs84, scene_affine, scene_crs
+from tile_assets.core.store import Store
+from tile_assets.core.types import Finding, SceneInfo
+
+log = logging.getLogger(__name__)
+
+PARQUET_TYPE = "application/x-parquet"
+JSON_TYPE = "application/json"
+PNG_TYPE = "image/png"
+WHOLE_WORLD = [-180.0, -90.0, 180.0, 90.0]
+PREFIX = "tile_assets:"
+
+_SOURCE_TYPES = {
+    "GTiff": "image/tiff; application=geotiff",
+    "COG": "image/tiff; application=geotiff; profile=cloud-optimized",
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "JP2OpenJPEG": "image/jp2",
+}
+_ASSETS: dict[str, tuple[str | None, list[str], str]] = {
+    "findings": (PARQUET_TYPE, ["labels"], "Findings (GeoParquet)"),
+    "preview": (PNG_TYPE, ["overview", "thumbnail"], "Preview with findings"),
+    "synthesis": (JSON_TYPE, ["metadata"], "Scene synthesis"),
+}
+_FINDING_COLUMNS: dict[str, str] = {
+    "scene_key": "object",
+    "tile_id": "object",
+    "label": "object",
+    "score": "float64",
+    "px_x0": "float64",
+    "px_y0": "float64",
+    "px_x1": "float64",
+    "px_y1": "float64",
+    "area_px": "float64",
+    "model": "object",
+    "model_version": "object",
+    "attributes": "object",
+    "coord_space": "object",
+    "lon_min": "float64",
+    "lat_min": "float64",
+    "lon_max": "float64",
+    "lat_max": "float64",
+}
+_SAFE_COLUMN = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def findings_frame(scene: SceneInfo, findings: Sequence[Finding]) -> gpd.GeoDataFrame:
+    """One row per finding, its box as a polygon in the scene CRS plus a lon/lat bbox.
+
+    Without georeferencing the geometry stays in pixel coordinates (y down),
+    `crs` is None, `coord_space` says "pixel" and the lon/lat columns are NaN.
+    `attributes` is the finding's attribute dict as a JSON string.
+    """
+    transform = scene_affine(scene) if scene.georeferenced else None
+    crs = scene_crs(scene) if scene.georeferenced else None
+    geoms = [make_valid(box_polygon(f.box, transform)) for f in findings]
+    data: dict[str, Any] = {
+        "scene_key": [scene.partition_key] * len(findings),
+        "tile_id": [f.tile_id for f in findings],
+        "label": [f.label for f in findings],
+        "score": [f.score for f in findings],
+        "px_x0": [f.box[0] for f in findings],
+        "px_y0": [f.box[1] for f in findings],
+        "px_x1": [f.box[2] for f in findings],
+        "px_y1": [f.box[3] for f in findings],
+        "area_px": [f.area_px for f in findings],
+        "model": [f.model for f in findings],
+        "model_version": [f.model_version for f in findings],
+        "attributes": [json.dumps(f.attributes, sort_keys=True) for f in findings],
+        "coord_space": ["crs" if crs is not None else "pixel"] * len(findings),
+    }
+    frame = pd.DataFrame({k: pd.Series(v, dtype=_FINDING_COLUMNS[k]) for k, v in data.items()})
+    gdf = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
+    if crs is not None and len(gdf):
+        bounds = gdf.geometry.to_crs(WGS84).bounds.to_numpy()
+    else:
+        bounds = np.full((len(gdf), 4), np.nan)
+    for i, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
+        gdf[name] = bounds[:, i].astype("float64")
+    return gdf[[*_FINDING_COLUMNS, "geometry"]]
+
+
+def write_geoparquet(store: Store, uri: str, gdf: gpd.GeoDataFrame) -> None:
+    """Write a GeoDataFrame as GeoParquet (geo metadata, WKB geometry) through the store."""
+    buf = io.BytesIO()
+    gdf.to_parquet(buf, index=False)
+    store.write_bytes(uri, buf.getvalue(), content_type=PARQUET_TYPE)
+
+
+def read_geoparquet(store: Store, uri: str) -> gpd.GeoDataFrame:
+    """Read a GeoParquet object written by `write_geoparquet` (or any GeoParquet)."""
+    return gpd.read_parquet(io.BytesIO(store.read_bytes(uri)))
+
+
+def write_parquet(store: Store, uri: str, df: pd.DataFrame) -> None:
+    """Write a plain DataFrame as Parquet through the store."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    store.write_bytes(uri, buf.getvalue(), content_type=PARQUET_TYPE)
+
+
+def read_parquet(store: Store, uri: str) -> pd.DataFrame:
+    """Read a Parquet object into a plain DataFrame."""
+    return pd.read_parquet(io.BytesIO(store.read_bytes(uri)))
+
+
+def dump_json(obj: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, indent 2, UTF-8, no NaN."""
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(
+        "utf-8"
+    )
+
+
+def write_json(store: Store, uri: str, obj: Any) -> None:
+    """Write a JSON document (canonical form, see `dump_json`) through the store."""
+    store.write_bytes(uri, dump_json(obj), content_type=JSON_TYPE)
+
+
+def read_json(store: Store, uri: str) -> Any:
+    """Read a JSON document through the store."""
+    return json.loads(store.read_bytes(uri).decode("utf-8"))
+
+
+def scene_item(
+    scene: SceneInfo, synthesis: Mapping[str, Any], hrefs: Mapping[str, str], datetime: dt.datetime
+) -> pystac.Item:
+    """A STAC Item for one scene: footprint, projection and label extensions, assets.
+
+    `datetime` is the source's own time (acquisition, or the object's
+    last-modified time), never the processing time, so rebuilding gives the
+    same Item; a naive value is taken as UTC. `hrefs` holds absolute URIs for
+    the "findings", "preview" and "synthesis" assets and, under "item", where
+    this Item's JSON will live (its self link). Not georeferenced: geometry
+    and bbox are null, as STAC allows.
+    """
+    when = datetime if datetime.tzinfo else datetime.replace(tzinfo=dt.UTC)
+    footprint = footprint_wgs84(scene) if scene.georeferenced else None
+    bbox = None
+    if footprint is not None:
+        bbox = list(scene.bounds_wgs84) if scene.bounds_wgs84 else list(footprint.bounds)
+    counts: dict[str, int] = dict(synthesis.get("counts_by_label", {}))
+    item = pystac.Item(
+        id=scene.partition_key,
+        geometry=mapping(footprint) if footprint is not None else None,
+        bbox=bbox,
+        datetime=when,
+        properties={
+            f"{PREFIX}coverage": synthesis.get("coverage"),
+            f"{PREFIX}status": synthesis.get("status"),
+            f"{PREFIX}counts": counts,
+            f"{PREFIX}description": synthesis.get("description", ""),
+            f"{PREFIX}tiles_planned": synthesis.get("tiles_planned"),
+            f"{PREFIX}tiles_failed": synthesis.get("tiles_failed"),
+            f"{PREFIX}georeferenced": scene.georeferenced,
+            "model": synthesis.get("model", {}),
+        },
+    )
+    _add_projection(item, scene)
+    _add_labels(item, counts)
+    item.add_asset(
+        "source",
+        pystac.Asset(
+            href=scene.uri, media_type=_SOURCE_TYPES.get(scene.driver), roles=["data"], title="Source image"
+        ),
+    )
+    for key, (media_type, roles, title) in _ASSETS.items():
+        if key in hrefs:
+            item.add_asset(key, pystac.Asset(href=hrefs[key], media_type=media_type, roles=roles, title=title))
+    if "item" in hrefs:
+        item.set_self_href(hrefs["item"])
+    return item
+
+
+def _add_projection(item: pystac.Item, scene: SceneInfo) -> None:
+    """proj:code (or proj:wkt2 for CRSs without a code), shape, transform, bbox."""
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.shape = [scene.height, scene.width]
+    crs = scene_crs(scene)
+    if crs is None or scene.transform is None:
+        proj.code = None
+        return
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        proj.code = f"EPSG:{epsg}"
+    else:
+        proj.code = None
+        proj.wkt2 = crs.to_wkt()
+    proj.transform = [float(v) for v in scene.transform[:6]]
+    if scene.bounds is not None:
+        proj.bbox = [float(v) for v in scene.bounds]
+
+
+def _add_labels(item: pystac.Item, counts: Mapping[str, int]) -> None:
+    """Label extension: vector detections, the classes found and their counts."""
+    classes = sorted(counts)
+    LabelExtension.ext(item, add_if_missing=True).apply(
+        label_description="Objects found by the per-tile model, merged across tile borders",
+        label_type=LabelType.VECTOR,
+        label_properties=["label"],
+        label_classes=[LabelClasses.create(classes=classes, name="label")],
+        label_tasks=[LabelTask.DETECTION],
+        label_methods=["automated"],
+        label_overviews=[
+            LabelOverview.create(
+                property_key="label",
+                counts=[LabelCount.create(name=c, count=int(counts[c])) for c in classes],
+            )
+        ],
+    )
+
+
+def build_collection(
+    items: Sequence[pystac.Item],
+    collection_id: str = "tile-assets",
+    description: str = "Scenes cut into tiles, analysed per tile and synthesized per scene.",
+    href: str | None = None,
+) -> pystac.Collection:
+    """A Collection whose extent covers the items, linking each Item by its self href.
+
+    Spatial extent: the union of the items' non-null bboxes, or the whole
+    world when no item is georeferenced (STAC requires a bbox). Temporal
+    extent: earliest to latest item datetime (open when there are no items).
+    Items are linked, not embedded, so they must have a self href (set
+    through `hrefs["item"]` in `scene_item`); items without one are skipped
+    with a warning.
+    """
+    bboxes = np.array([it.bbox for it in items if it.bbox], dtype=np.float64).reshape(-1, 4)
+    spatial = (
+        [*bboxes[:, :2].min(axis=0).tolist(), *bboxes[:, 2:].max(axis=0).tolist()]
+        if len(bboxes)
+        else WHOLE_WORLD
+    )
+    times = sorted(it.datetime for it in items if it.datetime is not None)
+    temporal = [times[0], times[-1]] if times else [None, None]
+    collection = pystac.Collection(
+        id=collection_id,
+        description=description,
+        extent=pystac.Extent(pystac.SpatialExtent([spatial]), pystac.TemporalExtent([temporal])),
+        license="other",
+    )
+    for it in items:
+        item_href = it.get_self_href()
+        if item_href is None:
+            log.warning("item %s has no self href; not linked from the collection", it.id)
+            continue
+        collection.add_link(pystac.Link("item", item_href, media_type=pystac.MediaType.GEOJSON, title=it.id))
+    if href is not None:
+        collection.set_self_href(href)
+    return collection
+
+
+def items_frame(items: Sequence[pystac.Item]) -> gpd.GeoDataFrame:
+    """The catalog as one queryable table: one row per scene, geometry in EPSG:4326.
+
+    Columns: id, datetime (UTC), coverage, status, description, tiles_planned,
+    tiles_failed, model, counts (JSON), one `count_<label>` column per label
+    seen anywhere (0 where absent), one `href_<asset>` column per asset key,
+    and geometry (None when not georeferenced). Written by hand with
+    geopandas: stac-geoparquet 0.8.3 fails on Items with null geometry.
+    """
+    rows: list[dict[str, Any]] = []
+    for it in items:
+        props = it.properties
+        counts = props.get(f"{PREFIX}counts", {})
+        model = props.get("model", {})
+        row: dict[str, Any] = {
+            "id": it.id,
+            "datetime": it.datetime,
+            "coverage": props.get(f"{PREFIX}coverage"),
+            "status": props.get(f"{PREFIX}status"),
+            "description": props.get(f"{PREFIX}description"),
+            "tiles_planned": props.get(f"{PREFIX}tiles_planned"),
+            "tiles_failed": props.get(f"{PREFIX}tiles_failed"),
+            "model": f"{model.get('name', '')} {model.get('version', '')}".strip(),
+            "counts": json.dumps(counts, sort_keys=True),
+            "geometry": shape(it.geometry) if it.geometry else None,
+        }
+        row.update({f"count_{_column_name(k)}": int(v) for k, v in counts.items()})
+        row.update({f"href_{_column_name(k)}": a.href for k, a in it.assets.items()})
+        rows.append(row)
+    base = ["id", "datetime", "coverage", "status", "description", "tiles_planned", "tiles_failed"]
+    base += ["model", "counts"]
+    extra = sorted({k for r in rows for k in r} - {*base, "geometry"})
+    frame = pd.DataFrame(rows, columns=[*base, *extra, "geometry"])
+    count_cols = [c for c in extra if c.startswith("count_")]
+    frame[count_cols] = frame[count_cols].fillna(0).astype("int64")
+    frame["datetime"] = pd.to_datetime(frame["datetime"], utc=True)
+    frame["coverage"] = frame["coverage"].astype("float64")
+    geometry: list[BaseGeometry | None] = list(frame.pop("geometry"))
+    return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geometry, crs=WGS84), crs=WGS84)
+
+
+def _column_name(key: str) -> str:
+    return _SAFE_COLUMN.sub("_", key).strip("_").lower() or "unnamed"
+
+
+def write_stac_json(
+    store: Store, uri: str, stac_object: pystac.Item | pystac.Collection | pystac.Catalog
+) -> None:
+    """Write a STAC object as JSON with every href kept exactly as given (absolute).
+
+    The self link is written only when it equals `uri`; pystac never
+    rewrites hrefs relative to a local path.
+    """
+    include_self = stac_object.get_self_href() == uri
+    data = stac_object.to_dict(include_self_link=include_self, transform_hrefs=False)
+    write_json(store, uri, data)

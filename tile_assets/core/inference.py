@@ -1,0 +1,194 @@
+"""Run a model over one batch of tiles with per-tile failure isolation and the cache.
+
+A batch reads its own windows from the source, skips tiles the cache already
+holds, predicts the rest in small chunks (bounded memory), turns a tile that
+fails permanently into a failure row and goes on. Transient failures are
+either raised at the end (so the step is retried and the tiles already done
+stay cached) or, on the last attempt, recorded as failure rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tile_assets.core.batches import BatchPlan
+from tile_assets.core.cache import TileCache
+from tile_assets.core.errors import TileAssetsError, TransientError
+from tile_assets.core.image import TileImage
+from tile_assets.core.models.base import TileModel, TilePrediction
+from tile_assets.core.raster import TileReader
+from tile_assets.core.store import Store
+from tile_assets.core.types import Finding, GridSpec, SceneInfo, TileResult, TileWindow
+
+log = logging.getLogger(__name__)
+
+PREDICT_CHUNK = 16
+"""Tiles decoded and predicted together: bounds memory to a few tiles' pixels."""
+
+Progress = Callable[[int, int, int], None]
+"""Called as (tiles done, tiles failed, tiles in batch) after each chunk."""
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """Everything one batch produced: a result per tile, in the batch's tile order."""
+
+    batch_id: str
+    results: tuple[TileResult, ...]
+
+    @property
+    def tiles_from_cache(self) -> int:
+        return sum(r.from_cache for r in self.results)
+
+    @property
+    def tiles_inferred(self) -> int:
+        return sum(r.status == "ok" and not r.from_cache for r in self.results)
+
+    @property
+    def tiles_failed(self) -> int:
+        return sum(r.status == "failed" for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "results": [r.to_dict() for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchReport:
+        return cls(
+            batch_id=data["batch_id"],
+            results=tuple(TileResult.from_dict(r) for r in data["results"]),
+        )
+
+
+class TransientBatchError(TransientError):
+    """Some tiles of a batch hit transient errors; the rest are done and cached."""
+
+
+def failure_row(window: TileWindow, exc: BaseException) -> TileResult:
+    """A failed tile: its id, the error type and a message naming the reason."""
+    message = exc.reason if isinstance(exc, TileAssetsError) else str(exc) or repr(exc)
+    return TileResult(
+        tile_id=window.tile_id,
+        status="failed",
+        error_type=type(exc).__name__,
+        error_message=message[:500],
+    )
+
+
+def to_scene_result(model: TileModel, tile: TileImage, prediction: TilePrediction) -> TileResult:
+    """Offset tile-local findings into scene pixels and stamp them with tile and model."""
+    window = tile.window
+    dx, dy = float(window.col_off), float(window.row_off)
+    findings = tuple(
+        replace(
+            f,
+            box=(f.box[0] + dx, f.box[1] + dy, f.box[2] + dx, f.box[3] + dy),
+            tile_id=window.tile_id,
+            model=model.name,
+            model_version=model.version,
+        )
+        for f in prediction.findings
+    )
+    return TileResult(
+        tile_id=window.tile_id,
+        status="ok",
+        findings=findings,
+        cover=dict(prediction.cover),
+        valid_pixels=int(tile.valid.sum()),
+    )
+
+
+def _predict_isolated(model: TileModel, tiles: list[TileImage]) -> list[TileResult | BaseException]:
+    """Predict a chunk at once; if that raises, tile by tile so one bad tile fails alone."""
+    try:
+        predictions = model.predict(tiles)
+        return [to_scene_result(model, t, p) for t, p in zip(tiles, predictions, strict=True)]
+    except TransientError:
+        raise
+    except Exception:  # noqa: BLE001 - isolate below, per tile
+        log.info("chunk prediction failed; retrying %d tiles one by one", len(tiles))
+    out: list[TileResult | BaseException] = []
+    for tile in tiles:
+        try:
+            (prediction,) = model.predict([tile])
+            out.append(to_scene_result(model, tile, prediction))
+        except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
+            out.append(exc)
+    return out
+
+
+def run_batch(
+    store: Store,
+    scene: SceneInfo,
+    plan: BatchPlan,
+    spec: GridSpec,
+    model: TileModel,
+    cache: TileCache | None = None,
+    *,
+    final_attempt: bool = True,
+    on_progress: Progress | None = None,
+) -> BatchReport:
+    """Infer every tile of `plan` not already cached, isolating failures per tile.
+
+    With `final_attempt=False`, transient failures raise `TransientBatchError`
+    after all other tiles are done and cached, so a retry redoes only them.
+    """
+    results: dict[str, TileResult] = {}
+    transient: list[tuple[TileWindow, BaseException]] = []
+    todo: list[TileWindow] = []
+    for window in plan.windows:
+        hit = cache.get(window) if cache else None
+        if hit is not None:
+            results[window.tile_id] = replace(hit, from_cache=True)
+        else:
+            todo.append(window)
+
+    def report_progress() -> None:
+        if on_progress:
+            failed = sum(r.status == "failed" for r in results.values())
+            on_progress(len(results), failed, len(plan.windows))
+
+    report_progress()
+    if todo:
+        with TileReader(store, scene.uri) as reader:
+            for start in range(0, len(todo), PREDICT_CHUNK):
+                tiles: list[TileImage] = []
+                for window in todo[start : start + PREDICT_CHUNK]:
+                    try:
+                        tiles.append(reader.read(window, spec))
+                    except TransientError as exc:
+                        transient.append((window, exc))
+                    except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
+                        results[window.tile_id] = failure_row(window, exc)
+                if tiles:
+                    try:
+                        outcomes = _predict_isolated(model, tiles)
+                    except TransientError as exc:
+                        transient.extend((t.window, exc) for t in tiles)
+                        outcomes = []
+                    for tile, outcome in zip(tiles, outcomes, strict=False):
+                        if isinstance(outcome, TransientError):
+                            transient.append((tile.window, outcome))
+                        elif isinstance(outcome, BaseException):
+                            results[tile.window.tile_id] = failure_row(tile.window, outcome)
+                        else:
+                            results[tile.window.tile_id] = outcome
+                            if cache:
+                                cache.put(tile.window, outcome)
+                report_progress()
+
+    if transient and not final_attempt:
+        ids = ", ".join(w.tile_id for w, _ in transient[:10])
+        raise TransientBatchError(
+            f"batch {plan.batch_id}",
+            f"{len(transient)} tile(s) hit transient errors ({ids}); first: {transient[0][1]}",
+        )
+    for window, exc in transient:
+        results[window.tile_id] = failure_row(window, exc)
+    report_progress()
+    return BatchReport(
+        batch_id=plan.batch_id,
+        results=tuple(results[w.tile_id] for w in plan.windows),
+    )

@@ -1,0 +1,43 @@
+"""Which object each scene partition stands for, kept beside the catalog.
+
+Partition keys are short and sanitized, so the original URI and the version
+that was registered are written to `<catalog>/_registry/<key>.json` by
+whoever registers the partition (sensor or CLI).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tile_assets.core.errors import StoreError
+from tile_assets.core.store import Store, join_uri
+from tile_assets.core.types import ObjectInfo
+
+
+def registry_uri(catalog: str, partition_key: str) -> str:
+    return join_uri(catalog, "_registry", f"{partition_key}.json")
+
+
+def register_scene(store: Store, catalog: str, partition_key: str, obj: ObjectInfo) -> None:
+    """Record the object a partition stands for (idempotent)."""
+    payload = {"partition_key": partition_key, **obj.to_dict()}
+    store.write_bytes(
+        registry_uri(catalog, partition_key),
+        json.dumps(payload, sort_keys=True).encode(),
+        "application/json",
+    )
+
+
+def lookup_scene(store: Store, catalog: str, partition_key: str) -> ObjectInfo:
+    """The object registered for a partition; StoreError when it was never registered."""
+    uri = registry_uri(catalog, partition_key)
+    try:
+        data = json.loads(store.read_bytes(uri))
+    except StoreError as exc:
+        raise StoreError(partition_key, "scene is not registered (run the sensor or the CLI first)") from exc
+    return ObjectInfo.from_dict(data)
+
+
+def forget_scene(store: Store, catalog: str, partition_key: str) -> None:
+    """Drop a partition's registry entry once its object is gone from the inbox."""
+    store.delete(registry_uri(catalog, partition_key))

@@ -1,0 +1,49 @@
+"""The one `Definitions` object of tile_assets, loaded by workspace.yaml."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from tile_assets.assets.catalog import imagery_catalog
+from tile_assets.assets.findings import tile_findings
+from tile_assets.assets.scenes import source_images
+from tile_assets.assets.synthesis import scene_synthesis
+from tile_assets.assets.tiles import tiles
+from tile_assets.checks import findings_schema, tile_coverage
+from tile_assets.jobs import process_scene, refresh_catalog
+from tile_assets.resources import CatalogJsonIOManager, ImageryStore, TileModelResource
+from tile_assets.schedules import retry_incomplete_scenes
+from tile_assets.sensors import new_images_sensor
+from tile_assets.settings import S3_ENV_VARS, Settings
+
+
+def build_s3_resource(settings: Settings) -> S3Resource:
+    """dagster-aws's S3Resource from the AWS_* variables that are set; the standard chain otherwise."""
+    fields = {field: dg.EnvVar(S3_ENV_VARS[field]) for field in settings.s3_env}
+    return S3Resource(use_ssl=settings.s3_use_ssl, **fields)
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """Every asset, check, job, sensor, schedule and resource, for these settings."""
+    imagery = ImageryStore(inbox=settings.inbox, catalog=settings.catalog, s3=build_s3_resource(settings))
+    return dg.Definitions(
+        assets=[source_images, tiles, tile_findings, scene_synthesis, imagery_catalog],
+        asset_checks=[tile_coverage, findings_schema],
+        jobs=[process_scene, refresh_catalog],
+        sensors=[new_images_sensor, dg.AutomationConditionSensorDefinition(
+            "catalog_automation", target=dg.AssetSelection.assets(imagery_catalog),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        )],
+        schedules=[retry_incomplete_scenes],
+        resources={
+            "imagery": imagery,
+            "tile_model": TileModelResource(),
+            "io_manager": CatalogJsonIOManager(imagery=imagery),
+        },
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(Settings.from_environment())

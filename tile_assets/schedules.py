@@ -1,0 +1,93 @@
+"""`retry_incomplete_scenes`: relaunch scenes that failed or came out incomplete, with backoff.
+
+A scene is retried when its last run failed for a reason other than a
+rejection of the image itself, or when it completed below the coverage
+threshold. Each retry waits twice as long as the one before, and after
+`MAX_ATTEMPTS` the scene is left alone (a broken image never loops forever)
+until its object changes, which the sensor picks up as a new version.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dagster as dg
+
+from tile_assets.checks import COVERAGE_THRESHOLD
+from tile_assets.core.errors import StoreError
+from tile_assets.jobs import process_scene
+from tile_assets.partitions import scenes
+from tile_assets.resources import ImageryStore
+
+MAX_ATTEMPTS = 3
+BASE_BACKOFF_SECONDS = 15 * 60
+REJECTIONS = frozenset({"InvalidSourceError", "UnsupportedRasterError", "RejectedSceneError"})
+RETRY_TAG = "tile_assets/trigger"
+
+
+def needs_retry(status: dict | None, last_run_failed: bool) -> str | None:
+    """Why a scene should be retried, or None (complete, rejected, or never run)."""
+    if status is None:
+        return "last run failed" if last_run_failed else None
+    if status.get("status") == "failed" and status.get("error_type") not in REJECTIONS:
+        return f"{status.get('stage')} failed: {status.get('reason', '')}"
+    if status.get("status") == "complete" and float(status.get("coverage", 1.0)) < COVERAGE_THRESHOLD:
+        return f"coverage {status['coverage']:.3f} below {COVERAGE_THRESHOLD}"
+    if last_run_failed and status.get("status") != "failed":
+        return "last run failed"
+    return None
+
+
+def retry_due(attempts: list[float], now: float) -> bool:
+    """Whether another attempt is allowed now, given the start times of earlier retries."""
+    if len(attempts) >= MAX_ATTEMPTS:
+        return False
+    if not attempts:
+        return True
+    return now - max(attempts) >= BASE_BACKOFF_SECONDS * 2 ** (len(attempts) - 1)
+
+
+def _status(imagery: ImageryStore, key: str) -> dict | None:
+    try:
+        return json.loads(imagery.catalog_store().read_bytes(imagery.scene_uri(key, "status.json")))
+    except StoreError:
+        return None
+
+
+@dg.schedule(
+    job=process_scene,
+    cron_schedule="*/15 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Relaunches failed or incomplete scenes with exponential backoff, at most 3 times per version.",
+)
+def retry_incomplete_scenes(context: dg.ScheduleEvaluationContext, imagery: ImageryStore):
+    now = time.time()
+    requests = []
+    for key in context.instance.get_dynamic_partitions(scenes.name):
+        records = context.instance.get_run_records(
+            filters=dg.RunsFilter(tags={"dagster/partition": key}, job_name=process_scene.name), limit=20
+        )
+        if not records or not records[0].dagster_run.is_finished:
+            continue
+        last = records[0].dagster_run
+        reason = needs_retry(_status(imagery, key), last.is_failure)
+        if reason is None:
+            continue
+        version = last.tags.get("tile_assets/version", "")
+        attempts = [
+            r.create_timestamp.timestamp() for r in records
+            if r.dagster_run.tags.get(RETRY_TAG) == "retry"
+            and r.dagster_run.tags.get("tile_assets/version", "") == version
+        ]
+        if not retry_due(attempts, now):
+            continue
+        context.log.info(f"retrying {key} (attempt {len(attempts) + 1}/{MAX_ATTEMPTS}): {reason}")
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{key}:retry:{len(attempts) + 1}:{version}",
+                partition_key=key,
+                tags={**{k: v for k, v in last.tags.items() if k.startswith("tile_assets/")}, RETRY_TAG: "retry"},
+            )
+        )
+    return requests or dg.SkipReason("no failed or incomplete scene is due for a retry")

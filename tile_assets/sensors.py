@@ -1,0 +1,89 @@
+"""`new_images_sensor`: new or changed images in the inbox become partitions and runs.
+
+Run keys are `partition_key:version` (ETag on S3, content hash locally), so a
+re-listed object never starts a second run and an overwritten one starts
+exactly one. Work per tick is bounded; the cursor resumes the listing.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.inbox import InboxState, SceneChange, scan_inbox
+from tile_assets.core.registry import forget_scene, register_scene
+from tile_assets.jobs import process_scene, refresh_catalog
+from tile_assets.partitions import scenes
+from tile_assets.resources import ImageryStore
+
+MAX_OBJECTS_PER_TICK = 1000
+SIZE_CLASSES = ((50 * 2**20, "small"), (1 * 2**30, "large"))
+
+
+def size_class(size_bytes: int) -> str:
+    """A coarse run tag so dagster.yaml can cap how many huge scenes run at once."""
+    for limit, name in SIZE_CLASSES:
+        if size_bytes < limit:
+            return name
+    return "huge"
+
+
+def scene_run_tags(change: SceneChange) -> dict[str, str]:
+    """Readable tags so the run list explains itself."""
+    return {
+        "tile_assets/source": change.obj.uri[-250:],
+        "tile_assets/version": change.version,
+        "tile_assets/size": size_class(change.obj.size),
+        "tile_assets/trigger": "sensor",
+    }
+
+
+def scene_run_request(change: SceneChange) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=f"{change.partition_key}:{change.version}",
+        partition_key=change.partition_key,
+        job_name=process_scene.name,
+        tags=scene_run_tags(change),
+    )
+
+
+@dg.sensor(
+    jobs=[process_scene, refresh_catalog],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches the inbox prefix (local folder or s3://) for new, changed and deleted images.",
+)
+def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore) -> dg.SensorResult | dg.SkipReason:
+    state = InboxState.decode(context.cursor)
+    try:
+        scan = scan_inbox(imagery.inbox_store(), imagery.inbox, state, MAX_OBJECTS_PER_TICK)
+        catalog_store = imagery.catalog_store()
+        for change in scan.changes:
+            register_scene(catalog_store, imagery.catalog, change.partition_key, change.obj)
+        for key in scan.deleted:
+            forget_scene(catalog_store, imagery.catalog, key)
+    except TileAssetsError as exc:
+        context.log.error(f"inbox scan failed, cursor kept for the next tick: {exc}")
+        return dg.SkipReason(f"inbox scan failed: {exc}")
+    for uri, reason in scan.ignored[:20]:
+        context.log.debug(f"ignored {uri}: {reason}")
+    for key in scan.deleted:
+        context.log.warning(f"scene {key}: its object left the inbox; removed from the catalog")
+    new_keys = [c.partition_key for c in scan.changes if not context.instance.has_dynamic_partition(scenes.name, c.partition_key)]
+    requests = [scene_run_request(c) for c in scan.changes]
+    if scan.deleted:
+        requests.append(dg.RunRequest(run_key=None, job_name=refresh_catalog.name, tags={"tile_assets/trigger": "deletion"}))
+    partition_requests = []
+    if new_keys:
+        partition_requests.append(scenes.build_add_request(new_keys))
+    if scan.deleted:
+        partition_requests.append(scenes.build_delete_request(scan.deleted))
+    context.log.info(
+        f"listed to {scan.state.after or 'end of pass'}: {len(scan.changes)} new/changed, "
+        f"{len(scan.deleted)} deleted, {len(scan.ignored)} ignored"
+    )
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=partition_requests,
+        cursor=scan.state.encode(),
+    )
