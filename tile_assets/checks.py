@@ -1,6 +1,5 @@
 """Asset checks per scene partition: tile coverage and the findings table's schema."""
 
-from __future__ import annotations
 
 import dagster as dg
 

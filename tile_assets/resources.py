@@ -5,7 +5,6 @@ URI scheme; S3 endpoint, region and credentials come from dagster-aws's
 `S3Resource`, configured from environment variables by `definitions.py`.
 """
 
-from __future__ import annotations
 
 import json
 from typing import Any

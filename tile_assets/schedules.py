@@ -7,7 +7,6 @@ threshold. Each retry waits twice as long as the one before, and after
 until its object changes, which the sensor picks up as a new version.
 """
 
-from __future__ import annotations
 
 import json
 import time

@@ -5,7 +5,6 @@ re-listed object never starts a second run and an overwritten one starts
 exactly one. Work per tick is bounded; the cursor resumes the listing.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """`imagery_catalog`: the STAC Collection and the catalog-wide GeoParquet over all scenes."""
 
-from __future__ import annotations
 
 import json
 

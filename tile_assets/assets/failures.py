@@ -1,6 +1,5 @@
 """Turning a scene's core error into a Dagster failure the UI, CLI and catalog all see."""
 
-from __future__ import annotations
 
 import json
 import time

@@ -5,7 +5,6 @@ RetryPolicy) ─collect─▶ merge_findings. Every batch reads its own windows 
 the source; only windows, reports and paths cross steps.
 """
 
-from __future__ import annotations
 
 from typing import Literal
 

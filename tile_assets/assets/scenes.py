@@ -1,6 +1,5 @@
 """`source_images`: each scene's object validated and described, its version fingerprinted."""
 
-from __future__ import annotations
 
 from dataclasses import replace
 
@@ -16,7 +15,7 @@ from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
 
 
-def scene_metadata(info: dict) -> dict[str, dg.RawMetadataValue]:
+def scene_metadata(info: dict) -> dict[str, object]:
     """What a user scans on the partition page: size, bands, dtype, CRS, where it is."""
     return {
         "uri": dg.MetadataValue.path(info["uri"]),

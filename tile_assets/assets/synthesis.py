@@ -1,6 +1,5 @@
 """`scene_synthesis`: one description per scene, its preview and its STAC Item."""
 
-from __future__ import annotations
 
 import base64
 import io

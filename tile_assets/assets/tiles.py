@@ -1,6 +1,5 @@
 """`tiles`: the tile grid of each scene, nodata and transparent tiles pruned."""
 
-from __future__ import annotations
 
 from typing import Literal
 
@@ -9,7 +8,7 @@ import dagster as dg
 from tile_assets.assets import CODE_VERSION, GROUP
 from tile_assets.assets.failures import scene_failure
 from tile_assets.core.catalog import write_parquet
-from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.errors import TileAssetsError, UnsupportedRasterError
 from tile_assets.core.raster import open_raster
 from tile_assets.core.tiling import build_manifest, resolve_spec
 from tile_assets.core.types import SceneInfo
@@ -57,6 +56,8 @@ def tiles(
     try:
         with open_raster(imagery.store_for(scene.uri), scene.uri) as ds:
             manifest, pruned = build_manifest(ds, scene, spec)
+        if manifest.empty:
+            raise UnsupportedRasterError(scene.uri, "every pixel is nodata or transparent; nothing to analyze")
     except (TileAssetsError, ValueError) as exc:
         err = exc if isinstance(exc, TileAssetsError) else TileAssetsError(scene.uri, str(exc))
         raise scene_failure(imagery, key, "tiles", err) from exc

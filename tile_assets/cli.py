@@ -1,0 +1,244 @@
+"""`tile-assets`: run the pipeline over a prefix through Dagster, resume a failed run.
+
+Runs go through the configured Dagster instance (`$DAGSTER_HOME`, by default
+`./.dagster_home` with the project's dagster.yaml), so every run shows up in
+the web UI's history exactly as sensor-launched runs do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tile_assets.core.errors import StoreError, TileAssetsError
+from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
+from tile_assets.core.keys import scene_key
+from tile_assets.core.registry import register_scene
+from tile_assets.core.store import Store, join_uri
+from tile_assets.definitions import build_definitions
+from tile_assets.jobs import process_scene, refresh_catalog
+from tile_assets.partitions import scenes
+from tile_assets.resources import ImageryStore
+from tile_assets.sensors import scene_run_tags
+from tile_assets.settings import Settings, absolute_uri
+
+PROJECT_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+console = Console(stderr=True)
+
+
+def scene_job() -> dg.JobDefinition:
+    """The per-scene job, rebuilt from the environment in every step process."""
+    return build_definitions(Settings.from_environment()).resolve_job_def(process_scene.name)
+
+
+def catalog_job() -> dg.JobDefinition:
+    return build_definitions(Settings.from_environment()).resolve_job_def(refresh_catalog.name)
+
+
+def ensure_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, or ./.dagster_home seeded with the project's dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and PROJECT_INSTANCE_YAML.exists():
+        shutil.copy(PROJECT_INSTANCE_YAML, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@dataclass
+class SceneOutcome:
+    key: str
+    uri: str
+    run_id: str
+    success: bool
+    tiles: int = 0
+    findings: int = 0
+    coverage: float = 0.0
+    reason: str = ""
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """Run config from the CLI flags: executor, tiling, model and batching."""
+    config: dict = {
+        "execution": {"config": {args.executor: {}}},
+        "ops": {
+            "tiles": {"config": {"tile_size": args.tile_size, "overlap": args.overlap, "edge": args.edge}},
+            "tile_findings": {
+                "ops": {
+                    "plan_batches": {
+                        "config": {
+                            "target_steps": args.target_steps,
+                            "max_tiles_per_batch": args.max_tiles_per_batch,
+                        }
+                    }
+                }
+            },
+        },
+        "resources": {"tile_model": {"config": {"name": args.model, "params_json": args.model_params}}},
+    }
+    return config
+
+
+def discover(store: Store, inbox: str) -> list[SceneChange]:
+    """Every image under the inbox, with its partition key and version."""
+    changes = []
+    for obj in store.list(inbox):
+        if ignore_reason(obj) is None:
+            changes.append(SceneChange(scene_key(obj.uri), obj, object_version(store, obj), is_new=True))
+    return changes
+
+
+def read_json(store: Store, uri: str) -> dict:
+    try:
+        return json.loads(store.read_bytes(uri))
+    except (StoreError, ValueError):
+        return {}
+
+
+def outcome_of(imagery: ImageryStore, change: SceneChange, result: dg.ExecuteJobResult) -> SceneOutcome:
+    """What the CLI summary says of one scene, from the files its run wrote."""
+    store = imagery.catalog_store()
+    key = change.partition_key
+    status = read_json(store, imagery.scene_uri(key, "status.json"))
+    synthesis = read_json(store, imagery.scene_uri(key, "synthesis.json")) if result.success else {}
+    reason = status.get("reason", "") if status.get("status") == "failed" else ""
+    if not result.success and not reason:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        reason = failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "run failed"
+    return SceneOutcome(
+        key=key,
+        uri=change.obj.uri,
+        run_id=result.run_id,
+        success=result.success,
+        tiles=int(synthesis.get("tiles_planned", 0)),
+        findings=int(synthesis.get("total_findings", 0)),
+        coverage=float(synthesis.get("coverage", 0.0)),
+        reason=reason,
+    )
+
+
+def print_summary(outcomes: list[SceneOutcome], catalog: str) -> None:
+    table = Table(title="tile_assets run")
+    for column in ("scene", "tiles", "findings", "coverage", "status"):
+        table.add_column(column)
+    for o in outcomes:
+        status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.reason}"
+        table.add_row(o.key, str(o.tiles), str(o.findings), f"{o.coverage:.0%}" if o.success else "-", status)
+    out = Console()
+    out.print(table)
+    out.print(f"Catalog: {catalog}")
+    out.print(f"  collection: {join_uri(catalog, 'collection.json')}")
+    out.print(f"  scenes table: {join_uri(catalog, 'scenes.parquet')}")
+    out.print(
+        "Web UI: DAGSTER_HOME=" + os.environ["DAGSTER_HOME"]
+        + " .venv/bin/dagster dev -w workspace.yaml   (then open http://127.0.0.1:3000)"
+    )
+
+
+def command_run(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    settings = Settings.from_environment()
+    inbox = absolute_uri(args.prefix) if args.prefix else settings.inbox
+    catalog = absolute_uri(args.catalog) if args.catalog else settings.catalog
+    os.environ["TILE_ASSETS_INBOX"] = inbox
+    os.environ["TILE_ASSETS_CATALOG"] = catalog
+    defs = build_definitions(Settings.from_environment())
+    imagery: ImageryStore = defs.resources["imagery"]  # type: ignore[assignment]
+    instance = dg.DagsterInstance.get()
+    try:
+        changes = discover(imagery.inbox_store(), inbox)
+    except TileAssetsError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        return 2
+    if not changes:
+        console.print(f"[yellow]no images found under {inbox}[/yellow]")
+        return 1
+    catalog_store = imagery.catalog_store()
+    for change in changes:
+        register_scene(catalog_store, catalog, change.partition_key, change.obj)
+    instance.add_dynamic_partitions(scenes.name, [c.partition_key for c in changes])
+    config = run_config(args)
+    outcomes = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("scenes", total=len(changes))
+        for change in changes:
+            progress.update(task, description=f"scene {change.partition_key}")
+            tags = {**scene_run_tags(change), "tile_assets/trigger": "cli", "dagster/partition": change.partition_key}
+            result = dg.execute_job(
+                dg.reconstructable(scene_job), instance, run_config=config, tags=tags, raise_on_error=False
+            )
+            outcomes.append(outcome_of(imagery, change, result))
+            progress.advance(task)
+        progress.update(task, description="catalog")
+        catalog_result = dg.execute_job(
+            dg.reconstructable(catalog_job), instance, tags={"tile_assets/trigger": "cli"}, raise_on_error=False
+        )
+    print_summary(outcomes, catalog)
+    if not catalog_result.success:
+        console.print("[red]the catalog refresh failed; see the run in the web UI[/red]")
+        return 1
+    return 0 if all(o.success for o in outcomes) else 1
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    """Re-execute a failed or killed run from failure: succeeded steps are not redone."""
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    parent = instance.get_run_by_id(args.run_id)
+    if parent is None:
+        console.print(f"[red]error[/red]: no run {args.run_id} in {os.environ['DAGSTER_HOME']}")
+        return 2
+    target = scene_job if parent.job_name == process_scene.name else catalog_job
+    result = dg.execute_job(
+        dg.reconstructable(target),
+        instance,
+        run_config=parent.run_config,
+        tags=parent.tags,
+        reexecution_options=dg.ReexecutionOptions.from_failure(args.run_id, instance),
+        raise_on_error=False,
+    )
+    Console().print(f"re-execution {result.run_id}: {'succeeded' if result.success else 'failed'}")
+    return 0 if result.success else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tile-assets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="register every image under PREFIX and materialize all its assets")
+    run.add_argument("prefix", nargs="?", help="inbox folder or s3://bucket/prefix (default $TILE_ASSETS_INBOX or data/inbox)")
+    run.add_argument("--catalog", help="catalog root, folder or s3:// (default $TILE_ASSETS_CATALOG or data/catalog)")
+    run.add_argument("--tile-size", type=int, default=512, help="tile side in pixels; 0 chooses from image size and resolution")
+    run.add_argument("--overlap", type=float, default=0.2, help="overlap: a ratio below 1, or pixels")
+    run.add_argument("--edge", choices=["shift", "pad"], default="shift", help="edge tiles shifted inward or padded")
+    run.add_argument("--model", default="classical", help="tile model (entry point in tile_assets.models)")
+    run.add_argument("--model-params", default="{}", help="model params as JSON")
+    run.add_argument("--target-steps", type=int, default=8, help="about this many inference steps per scene")
+    run.add_argument("--max-tiles-per-batch", type=int, default=256)
+    run.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process")
+    run.set_defaults(func=command_run)
+    resume = sub.add_parser("resume", help="re-execute a failed or killed run from failure")
+    resume.add_argument("run_id")
+    resume.set_defaults(func=command_resume)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
