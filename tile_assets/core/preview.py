@@ -1,0 +1,100 @@
+"""A small PNG of a scene with its findings drawn on, for the catalog and the UI.
+
+The image is read decimated (`out_shape`), so memory is bounded by
+`max_side`², never by the scene; invalid pixels (nodata, alpha, masks) come
+out transparent.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+from rasterio.enums import ColorInterp
+from rasterio.io import DatasetReader
+
+from tile_assets.core.types import Finding
+
+log = logging.getLogger(__name__)
+
+STRETCH_PERCENTILES = (2.0, 98.0)
+# Distinct, saturated colours (Tableau 10), assigned to labels in sorted order.
+PALETTE = (
+    (255, 127, 14),
+    (31, 119, 180),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (23, 190, 207),
+    (127, 127, 127),
+)
+
+
+def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int = 1024) -> bytes:
+    """PNG bytes (RGBA) of `ds` scaled to fit `max_side`, with a labelled box per finding.
+
+    Bands: red/green/blue by colour interpretation, else the first three
+    non-alpha bands, else the first band as gray. uint8 data is shown as is;
+    other types are stretched per band between the 2nd and 98th percentile
+    of valid pixels. Boxes are in scene pixels and scaled to the preview.
+    """
+    scale = min(1.0, max_side / max(ds.width, ds.height))
+    out_w, out_h = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
+    indexes = _display_bands(ds)
+    data = ds.read(indexes, out_shape=(len(indexes), out_h, out_w), masked=True)
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data.filled(0)).all(axis=0)
+    rgb = np.stack([_to_uint8(band, valid, data.dtype) for band in data])
+    if len(indexes) == 1:
+        rgb = np.repeat(rgb, 3, axis=0)
+    alpha = np.where(valid, 255, 0).astype(np.uint8)
+    image = Image.fromarray(np.dstack([*rgb, alpha]))
+    _draw_findings(image, findings, out_w / ds.width, out_h / ds.height)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    log.debug("preview %s: %dx%d, %d boxes", ds.name, out_w, out_h, len(findings))
+    return buf.getvalue()
+
+
+def _display_bands(ds: DatasetReader) -> list[int]:
+    """1-based band indexes to show: RGB by colour interpretation, first three, or one."""
+    interp = list(ds.colorinterp)
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(c in interp for c in wanted):
+        return [interp.index(c) + 1 for c in wanted]
+    usable = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha]
+    return usable[:3] if len(usable) >= 3 else usable[:1]
+
+
+def _to_uint8(band: np.ma.MaskedArray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """One band as display bytes; non-uint8 stretched over its valid 2–98 % range."""
+    values = np.asarray(band.filled(0))
+    if dtype == np.uint8:
+        return values.astype(np.uint8)
+    if not valid.any():
+        return np.zeros(values.shape, np.uint8)
+    lo, hi = np.percentile(values[valid].astype(np.float64), STRETCH_PERCENTILES)
+    if hi <= lo:
+        return np.where(values > lo, 255, 0).astype(np.uint8)
+    scaled = (values.astype(np.float64) - lo) / (hi - lo) * 255.0
+    return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+
+
+def _draw_findings(image: Image.Image, findings: Sequence[Finding], sx: float, sy: float) -> None:
+    """Outline each finding's box in its label's colour, with the label above it."""
+    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(sorted({f.label for f in findings}))}
+    width = max(1, round(max(image.size) / 400))
+    draw = ImageDraw.Draw(image)
+    for f in findings:
+        x0, y0, x1, y1 = f.box
+        rect = (x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1))
+        colour = (*colours[f.label], 255)
+        draw.rectangle(rect, outline=colour, width=width)
+        draw.text((rect[0] + 2, max(0.0, rect[1] - 11)), f.label, fill=colour)
