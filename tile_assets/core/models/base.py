@@ -69,5 +69,6 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ModelError(
-            module, f"not installed; install the '{extra}' extra: pip install 'tile_assets[{extra}]'"
+            module,
+            f"not installed; install the '{extra}' extra: pip install 'tile_assets[{extra}]'",
         ) from exc

@@ -108,9 +108,7 @@ class ClassicalModel:
         value = getattr(self, param)
         if value < low or value > high or (low_open and value == low):
             bracket = "(" if low_open else "["
-            raise ModelError(
-                self.name, f"param {param}={value!r} outside {bracket}{low}, {high}]"
-            )
+            raise ModelError(self.name, f"param {param}={value!r} outside {bracket}{low}, {high}]")
 
     def params(self) -> dict[str, Any]:
         """All thresholds and limits; they enter the tile cache key."""
@@ -143,21 +141,29 @@ class ClassicalModel:
         for label, mask, strength, offset, scale in masks:
             candidates.extend(
                 self._components(
-                    tile, label, mask & bands.valid, strength, offset, scale,
-                    bands.brightness, near_invalid, max_area,
+                    tile,
+                    label,
+                    mask & bands.valid,
+                    strength,
+                    offset,
+                    scale,
+                    bands.brightness,
+                    near_invalid,
+                    max_area,
                 )
             )
         candidates.sort(key=lambda f: (-f.score, f.label, f.box))
         kept = tuple(candidates[: self.max_objects_per_tile])
         log.debug(
             "tile %s: %d valid px, %d candidates, %d kept",
-            tile.window.tile_id, n_valid, len(candidates), len(kept),
+            tile.window.tile_id,
+            n_valid,
+            len(candidates),
+            len(kept),
         )
         return TilePrediction(findings=kept, cover=cover)
 
-    def _vegetation(
-        self, bands: _Bands
-    ) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+    def _vegetation(self, bands: _Bands) -> tuple[np.ndarray | None, np.ndarray | None, float]:
         """Vegetation mask, the index it came from, and that index's threshold (None if gray)."""
         if bands.rgb is None:
             return None, None, 0.0
@@ -325,7 +331,9 @@ def _read_bands(tile: TileImage) -> _Bands:
 
 
 def _empty_cover(bands: _Bands) -> dict[str, float]:
-    names = ("vegetation", "water", "bright", "dark") if bands.rgb is not None else ("bright", "dark")
+    names = (
+        ("vegetation", "water", "bright", "dark") if bands.rgb is not None else ("bright", "dark")
+    )
     return dict.fromkeys(names, 0.0)
 
 
@@ -346,4 +354,5 @@ def _near_invalid(valid: np.ndarray) -> np.ndarray | None:
     """Pixels that are invalid or touch an invalid pixel; None when the whole tile is valid."""
     if valid.all():
         return None
-    return ndimage.binary_dilation(~valid, structure=_EIGHT_CONNECTED)
+    near: np.ndarray = ndimage.binary_dilation(~valid, structure=_EIGHT_CONNECTED)
+    return near
