@@ -8,12 +8,12 @@ wherever it is read.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-import datetime as dt
 from typing import Any
 
 import geopandas as gpd
@@ -141,9 +141,9 @@ def read_parquet(store: Store, uri: str) -> pd.DataFrame:
 
 def dump_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, indent 2, UTF-8, no NaN."""
-    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(
-        "utf-8"
-    )
+    return (
+        json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    ).encode("utf-8")
 
 
 def write_json(store: Store, uri: str, obj: Any) -> None:
@@ -195,12 +195,17 @@ def scene_item(
     item.add_asset(
         "source",
         pystac.Asset(
-            href=scene.uri, media_type=_SOURCE_TYPES.get(scene.driver), roles=["data"], title="Source image"
+            href=scene.uri,
+            media_type=_SOURCE_TYPES.get(scene.driver),
+            roles=["data"],
+            title="Source image",
         ),
     )
     for key, (media_type, roles, title) in _ASSETS.items():
         if key in hrefs:
-            item.add_asset(key, pystac.Asset(href=hrefs[key], media_type=media_type, roles=roles, title=title))
+            item.add_asset(
+                key, pystac.Asset(href=hrefs[key], media_type=media_type, roles=roles, title=title)
+            )
     if "item" in hrefs:
         item.set_self_href(hrefs["item"])
     return item
@@ -266,7 +271,7 @@ def build_collection(
         else WHOLE_WORLD
     )
     times = sorted(it.datetime for it in items if it.datetime is not None)
-    temporal = [times[0], times[-1]] if times else [None, None]
+    temporal: list[dt.datetime | None] = [times[0], times[-1]] if times else [None, None]
     collection = pystac.Collection(
         id=collection_id,
         description=description,
@@ -278,7 +283,9 @@ def build_collection(
         if item_href is None:
             log.warning("item %s has no self href; not linked from the collection", it.id)
             continue
-        collection.add_link(pystac.Link("item", item_href, media_type=pystac.MediaType.GEOJSON, title=it.id))
+        collection.add_link(
+            pystac.Link("item", item_href, media_type=pystac.MediaType.GEOJSON, title=it.id)
+        )
     if href is not None:
         collection.set_self_href(href)
     return collection

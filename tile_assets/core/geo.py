@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from rasterio.transform import Affine
 from pyproj import CRS, Transformer
+from rasterio.transform import Affine
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
@@ -38,7 +38,10 @@ def pixel_to_crs(
     """Pixel coordinates (x right, y down) to scene CRS coordinates."""
     x = np.asarray(xs, dtype=np.float64)
     y = np.asarray(ys, dtype=np.float64)
-    return transform.a * x + transform.b * y + transform.c, transform.d * x + transform.e * y + transform.f
+    return (
+        transform.a * x + transform.b * y + transform.c,
+        transform.d * x + transform.e * y + transform.f,
+    )
 
 
 def crs_to_wgs84(

@@ -48,7 +48,7 @@ def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int
     out_w, out_h = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
     indexes = _display_bands(ds)
     data = ds.read(indexes, out_shape=(len(indexes), out_h, out_w), masked=True)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0), dtype=bool)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data.filled(0)).all(axis=0)
     rgb = np.stack([_to_uint8(band, valid, data.dtype) for band in data])
@@ -74,7 +74,7 @@ def _display_bands(ds: DatasetReader) -> list[int]:
 
 
 def _to_uint8(band: np.ma.MaskedArray, valid: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """One band as display bytes; non-uint8 stretched over its valid 2–98 % range."""
+    """One band as display bytes; non-uint8 stretched over its valid 2-98 % range."""
     values = np.asarray(band.filled(0))
     if dtype == np.uint8:
         return values.astype(np.uint8)
@@ -84,12 +84,16 @@ def _to_uint8(band: np.ma.MaskedArray, valid: np.ndarray, dtype: np.dtype) -> np
     if hi <= lo:
         return np.where(values > lo, 255, 0).astype(np.uint8)
     scaled = (values.astype(np.float64) - lo) / (hi - lo) * 255.0
-    return np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+    stretched: np.ndarray = np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+    return stretched
 
 
 def _draw_findings(image: Image.Image, findings: Sequence[Finding], sx: float, sy: float) -> None:
     """Outline each finding's box in its label's colour, with the label above it."""
-    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(sorted({f.label for f in findings}))}
+    colours = {
+        label: PALETTE[i % len(PALETTE)]
+        for i, label in enumerate(sorted({f.label for f in findings}))
+    }
     width = max(1, round(max(image.size) / 400))
     draw = ImageDraw.Draw(image)
     for f in findings:

@@ -92,7 +92,9 @@ def synthesize(
         "model": model,
     }
     summary["description"] = _describe(summary)
-    log.info("synthesized %s: %d findings, coverage %.2f", scene.partition_key, len(merged), coverage)
+    log.info(
+        "synthesized %s: %d findings, coverage %.2f", scene.partition_key, len(merged), coverage
+    )
     return summary
 
 
@@ -102,10 +104,16 @@ def _failed_tiles(planned: Sequence[str], by_id: dict[str, TileResult]) -> list[
     for tile_id in planned:
         result = by_id.get(tile_id)
         if result is None:
-            out.append({"tile_id": tile_id, "error_type": "NoResult", "message": "no result recorded"})
+            out.append(
+                {"tile_id": tile_id, "error_type": "NoResult", "message": "no result recorded"}
+            )
         elif result.status != "ok":
             out.append(
-                {"tile_id": tile_id, "error_type": result.error_type, "message": result.error_message}
+                {
+                    "tile_id": tile_id,
+                    "error_type": result.error_type,
+                    "message": result.error_message,
+                }
             )
     return out
 
@@ -146,7 +154,9 @@ def _scene_cover(manifest: pd.DataFrame, ok: Sequence[TileResult]) -> dict[str, 
         return {}
     keys = sorted({k for r in ok for k in r.cover})
     return {
-        k: round(float(sum(w * r.cover.get(k, 0.0) for w, r in zip(weights, ok, strict=True)) / total), 4)
+        k: round(
+            float(sum(w * r.cover.get(k, 0.0) for w, r in zip(weights, ok, strict=True)) / total), 4
+        )
         for k in keys
     }
 
@@ -234,11 +244,14 @@ def _describe(s: dict[str, Any]) -> str:
     failed_text = ""
     if failed:
         named = ", ".join(f"{f['tile_id']} ({f['error_type']})" for f in failed[:MAX_FAILED_NAMED])
-        more = f" and {len(failed) - MAX_FAILED_NAMED} more" if len(failed) > MAX_FAILED_NAMED else ""
+        more = (
+            f" and {len(failed) - MAX_FAILED_NAMED} more" if len(failed) > MAX_FAILED_NAMED else ""
+        )
         failed_text = f"; {len(failed)} failed: {named}{more}"
     if ok == 0:
         sentences = [
-            f"No tile was analysed successfully ({ok} of {planned} tiles, coverage 0%){failed_text}.",
+            f"No tile was analysed successfully ({ok} of {planned} tiles, coverage 0%)"
+            f"{failed_text}.",
             "There are no findings or cover figures for this scene.",
         ]
     else:
@@ -254,7 +267,9 @@ def _describe(s: dict[str, Any]) -> str:
             sentences = ["No objects were found."]
         cover_items = sorted(s["cover"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
         if cover_items:
-            sentences.append("Cover: " + ", ".join(f"{_percent(v)} {k}" for k, v in cover_items) + ".")
+            sentences.append(
+                "Cover: " + ", ".join(f"{_percent(v)} {k}" for k, v in cover_items) + "."
+            )
         sentences.append(
             f"Analysed {ok} of {planned} tiles ({_percent(s['coverage'])} coverage){failed_text}."
         )

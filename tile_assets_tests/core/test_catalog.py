@@ -80,14 +80,24 @@ def _findings(scene: SceneInfo) -> list[Finding]:
     w, h = scene.width, scene.height
     return [
         Finding("building", 0.9, (10, 20, 60, 80), "t0", 3000.0, "classical", "1", {"ndvi": 0.1}),
-        Finding("water", 0.7, (w / 2, h / 2, w / 2 + 40, h / 2 + 30), "t1", 1200.0, "classical", "1"),
+        Finding(
+            "water", 0.7, (w / 2, h / 2, w / 2 + 40, h / 2 + 30), "t1", 1200.0, "classical", "1"
+        ),
         Finding("building", 0.5, (w - 50, h - 40, w, h), "t3", 2000.0, "classical", "1"),
     ]
 
 
 def _synthesis(scene: SceneInfo, findings: list[Finding]) -> dict:
     manifest = pd.DataFrame(
-        [{"tile_id": "t0", "col_off": 0, "row_off": 0, "width": scene.width, "height": scene.height}]
+        [
+            {
+                "tile_id": "t0",
+                "col_off": 0,
+                "row_off": 0,
+                "width": scene.width,
+                "height": scene.height,
+            }
+        ]
     )
     results = [TileResult("t0", "ok", tuple(findings), {"water": 0.25}, scene.width * scene.height)]
     return synthesize(scene, manifest, results, findings)
@@ -211,7 +221,10 @@ def test_stac_item_fields_validate_and_round_trip(tmp_path: Path, geo_scene: Sce
     write_stac_json(store, uri, item)
     written = read_json(store, uri)
     assert all(link["rel"] != "self" for link in written["links"])
-    assert written["assets"]["preview"]["href"] == "s3://bucket/catalog/" + f"{geo_scene.partition_key}/preview.png"
+    assert (
+        written["assets"]["preview"]["href"]
+        == "s3://bucket/catalog/" + f"{geo_scene.partition_key}/preview.png"
+    )
     back = pystac.Item.from_dict(written)
     assert back.to_dict(include_self_link=False, transform_hrefs=False) == written
 
@@ -235,7 +248,9 @@ def test_stac_item_not_georeferenced(plain_scene: SceneInfo) -> None:
     assert "pixel coordinates" in d["properties"]["tile_assets:description"]
 
 
-def test_collection_extent_covers_items(tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo) -> None:
+def test_collection_extent_covers_items(
+    tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo
+) -> None:
     naip = _scene(INBOX / "naip_2018.tif")
     items = [_item(s, str(tmp_path)) for s in (geo_scene, plain_scene, naip)]
     later = _item(naip, str(tmp_path / "later"))
@@ -263,7 +278,9 @@ def test_collection_extent_covers_items(tmp_path: Path, geo_scene: SceneInfo, pl
     assert world.extent.spatial.bboxes == [[-180.0, -90.0, 180.0, 90.0]]
 
 
-def test_items_frame_round_trip_and_query(tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo) -> None:
+def test_items_frame_round_trip_and_query(
+    tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo
+) -> None:
     items = [_item(geo_scene, str(tmp_path)), _item(plain_scene, str(tmp_path))]
     gdf = items_frame(items)
     assert gdf.crs.to_epsg() == 4326

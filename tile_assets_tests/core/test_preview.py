@@ -26,8 +26,16 @@ def _decode(png: bytes) -> np.ndarray:
 def _write(path: Path, data: np.ndarray, nodata: float | None) -> Path:
     count, height, width = data.shape
     with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
-        crs="EPSG:32618", transform=from_origin(500_000, 4_000_000, 10, 10), nodata=nodata,
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=data.dtype,
+        crs="EPSG:32618",
+        transform=from_origin(500_000, 4_000_000, 10, 10),
+        nodata=nodata,
     ) as ds:
         ds.write(data)
     return path
@@ -83,7 +91,7 @@ def test_uint16_is_stretched_and_nodata_transparent(tmp_path: Path) -> None:
     assert px.shape == (60, 80, 4)
     assert (px[:10, :10, 3] == 0).all() and (px[10:, 10:, 3] == 255).all()
     valid = px[10:, 10:, :3]
-    assert valid.min() == 0 and valid.max() == 255  # 2–98 % stretch clips both ends
+    assert valid.min() == 0 and valid.max() == 255  # 2-98 % stretch clips both ends
     assert 0.01 < (valid == 255).mean() < 0.05
 
 

@@ -40,7 +40,9 @@ PLAIN = SceneInfo(
 def _manifest(windows: list[tuple[str, int, int, int, int]]) -> pd.DataFrame:
     rows = [
         {"tile_id": t, "row": r, "col": c, "col_off": x, "row_off": y, "width": w, "height": h}
-        for (t, x, y, w, h), (r, c) in zip(windows, [(i, i) for i in range(len(windows))], strict=True)
+        for (t, x, y, w, h), (r, c) in zip(
+            windows, [(i, i) for i in range(len(windows))], strict=True
+        )
     ]
     return pd.DataFrame(rows)
 
@@ -70,7 +72,9 @@ def test_counts_grid_coverage_and_description_name_the_failures() -> None:
         if t not in {"t11", "t22"}
     ]
     results.append(
-        TileResult(tile_id="t11", status="failed", error_type="RasterReadError", error_message="bad block")
+        TileResult(
+            tile_id="t11", status="failed", error_type="RasterReadError", error_message="bad block"
+        )
     )
     # t22 has no result at all.
     merged = [
