@@ -150,6 +150,9 @@ def test_spread_evenly_and_pixel_place_names() -> None:
     assert "pixel coordinates" in s["description"]
     assert s["status"] == "complete" and s["coverage"] == 1.0
 
+    two = synthesize(GEO, manifest, results, corner[:2])
+    assert two["spatial_summary"] == "too few to show a spatial pattern"
+
 
 def test_zero_findings() -> None:
     manifest = _grid_manifest()
