@@ -57,9 +57,7 @@ MAX_COMPRESSION_RATIO = 1000
 bomb. DEFLATE cannot exceed about 1032:1 and real imagery stays far below;
 only sparse or forged files (tiny file, huge declared dimensions) get there."""
 
-SUPPORTED_DTYPES = frozenset(
-    {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
-)
+SUPPORTED_DTYPES = frozenset({"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"})
 MAX_BANDS = 16
 """Most non-alpha bands accepted (multispectral yes, hyperspectral cubes no)."""
 
@@ -201,7 +199,7 @@ def band_names(ds: DatasetReader) -> tuple[str, ...]:
 def _is_strip_decoded(ds: DatasetReader) -> bool:
     """Whether the file lacks 2-D internal tiling (its blocks span the full width)."""
     block_rows, block_cols = ds.block_shapes[0]
-    return block_cols >= ds.width and ds.height > block_rows
+    return bool(block_cols >= ds.width and ds.height > block_rows)
 
 
 def check_size(ds: DatasetReader, uri: str, size_bytes: int) -> None:
@@ -289,13 +287,15 @@ def _has_transform(ds: DatasetReader) -> bool:
 
 def _envelope(ds: DatasetReader) -> tuple[float, float, float, float]:
     """Axis-aligned bounds of the image's four corners (right for rotated transforms too)."""
-    xs, ys = zip(
-        *(ds.transform @ corner for corner in ((0, 0), (ds.width, 0), (0, ds.height), (ds.width, ds.height)))
-    )
+    corners = [ds.transform @ (col, row) for col in (0, ds.width) for row in (0, ds.height)]
+    xs = [float(x) for x, _ in corners]
+    ys = [float(y) for _, y in corners]
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def _to_wgs84(uri: str, crs: CRS, bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float] | None:
+def _to_wgs84(
+    uri: str, crs: CRS, bounds: tuple[float, float, float, float]
+) -> tuple[float, float, float, float] | None:
     try:
         west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
     except (RasterioError, ValueError) as exc:

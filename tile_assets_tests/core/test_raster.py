@@ -93,7 +93,9 @@ def test_describe_samples(
 def test_describe_rgb_byte_georeferencing() -> None:
     info = _describe(INBOX / "RGB.byte.tif")
     assert info.nodata == 0.0
-    assert info.transform == pytest.approx((300.0379, 0.0, 101985.0, 0.0, -300.0418, 2826915.0), rel=1e-6)
+    assert info.transform == pytest.approx(
+        (300.0379, 0.0, 101985.0, 0.0, -300.0418, 2826915.0), rel=1e-6
+    )
     assert info.bounds == pytest.approx((101985.0, 2611485.0, 339315.0, 2826915.0), abs=1)
     west, south, east, north = info.bounds_wgs84  # type: ignore[misc]
     assert -79.1 < west < east < -76.4 and 23.4 < south < north < 25.7  # the Bahamas
@@ -149,7 +151,13 @@ def test_unlabeled_uint16_bands_stay_undefined(raster_factory: RasterFactory) ->
 def test_describe_without_crs_keeps_transform(tmp_path: Path) -> None:
     path = tmp_path / "nocrs.tif"
     with rasterio.open(
-        path, "w", driver="GTiff", width=32, height=16, count=1, dtype="uint8",
+        path,
+        "w",
+        driver="GTiff",
+        width=32,
+        height=16,
+        count=1,
+        dtype="uint8",
         transform=from_origin(10.0, 20.0, 0.5, 0.5),
     ) as dst:
         dst.write(np.ones((1, 16, 32), dtype="uint8"))
@@ -163,14 +171,21 @@ def test_describe_rotated_transform(tmp_path: Path) -> None:
     path = tmp_path / "rotated.tif"
     transform = from_origin(500_000.0, 4_000_000.0, 10.0, 10.0) @ Affine.rotation(30)
     with rasterio.open(
-        path, "w", driver="GTiff", width=40, height=20, count=1, dtype="uint8",
-        crs="EPSG:32618", transform=transform,
+        path,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=20,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32618",
+        transform=transform,
     ) as dst:
         dst.write(np.ones((1, 20, 40), dtype="uint8"))
     info = _describe(path)
     assert info.transform == pytest.approx(tuple(transform)[:6])
     corners = [transform @ c for c in ((0, 0), (40, 0), (0, 20), (40, 20))]
-    xs, ys = zip(*corners)
+    xs, ys = zip(*corners, strict=True)
     assert info.bounds == pytest.approx((min(xs), min(ys), max(xs), max(ys)))
     assert info.bounds_wgs84 is not None and info.resolution == pytest.approx((10.0, 10.0))
 
@@ -184,8 +199,15 @@ def test_describe_gcps_without_transform(tmp_path: Path) -> None:
         GroundControlPoint(row=20, col=40, x=-77.0, y=24.5),
     ]
     with rasterio.open(
-        path, "w", driver="GTiff", width=40, height=20, count=1, dtype="uint8",
-        gcps=gcps, crs="EPSG:4326",
+        path,
+        "w",
+        driver="GTiff",
+        width=40,
+        height=20,
+        count=1,
+        dtype="uint8",
+        gcps=gcps,
+        crs="EPSG:4326",
     ) as dst:
         dst.write(np.ones((1, 20, 40), dtype="uint8"))
     info = _describe(path)
@@ -207,13 +229,17 @@ def test_unsupported_dtype(raster_factory: RasterFactory) -> None:
         _describe(raster_factory(dtype="int8"))
 
 
-def _sparse_tif(
-    path: Path, width: int, height: int, *, tiled: bool, filled_rows: int = 0
-) -> Path:
+def _sparse_tif(path: Path, width: int, height: int, *, tiled: bool, filled_rows: int = 0) -> Path:
     """A sparse GeoTIFF declaring width x height; only the first rows carry (random) data."""
     profile: dict[str, object] = {
-        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
-        "compress": "deflate", "sparse_ok": True, "crs": "EPSG:32618",
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": "uint8",
+        "compress": "deflate",
+        "sparse_ok": True,
+        "crs": "EPSG:32618",
         "transform": from_origin(500_000.0, 4_000_000.0, 1.0, 1.0),
     }
     if tiled:
@@ -420,7 +446,9 @@ def test_pad_mode_pads_edge_tiles_with_masked_pixels(raster_factory: RasterFacto
         tile = reader.read(corner, spec)
         expected = reader.dataset.read(window=Window(64, 64, 36, 6))
     assert tile.data.shape == (3, 64, 64) and tile.window == corner
-    assert tile.valid[:6, :36].all() and not tile.valid[6:, :].any() and not tile.valid[:, 36:].any()
+    assert (
+        tile.valid[:6, :36].all() and not tile.valid[6:, :].any() and not tile.valid[:, 36:].any()
+    )
     assert np.array_equal(tile.data[:, :6, :36], expected)
 
 
