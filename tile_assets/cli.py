@@ -183,7 +183,11 @@ def command_run(args: argparse.Namespace) -> int:
             progress.advance(task)
         progress.update(task, description="catalog")
         catalog_result = dg.execute_job(
-            dg.reconstructable(catalog_job), instance, tags={"tile_assets/trigger": "cli"}, raise_on_error=False
+            dg.reconstructable(catalog_job),
+            instance,
+            run_config={"execution": config["execution"]},
+            tags={"tile_assets/trigger": "cli"},
+            raise_on_error=False,
         )
     print_summary(outcomes, catalog)
     if not catalog_result.success:

@@ -75,18 +75,18 @@ def scene_synthesis(
     write_json(store, synthesis_uri, synthesis)
 
     modified = datetime.fromtimestamp(scene.last_modified, tz=timezone.utc)
+    item_uri = imagery.scene_uri(key, "item.json")
     item = scene_item(
         scene,
         synthesis,
         {
-            "source": scene.uri,
+            "item": item_uri,
             "findings": tile_findings["findings_uri"],
             "preview": preview_uri,
             "synthesis": synthesis_uri,
         },
         datetime=modified,
     )
-    item_uri = imagery.scene_uri(key, "item.json")
     write_stac_json(store, item_uri, item)
     record_scene_status(
         imagery, key, {"status": "complete", "coverage": synthesis["coverage"], "item": item_uri}

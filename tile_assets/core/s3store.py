@@ -121,11 +121,16 @@ class S3Store:
         return cls(client=client, settings=settings)
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
-        """Objects under the folder `prefix`, in key order, resuming after `start_after`.
+        """Objects under the folder `prefix` in the server's key order, after `start_after`.
 
         `s3://b/inbox` lists `inbox/...` (never `inbox2/...`), like a local
         folder. Folder markers (keys ending in `/`) are skipped. Pages of up to
         1,000 keys are fetched lazily, so a caller can stop early.
+
+        AWS lists in UTF-8 byte order. SeaweedFS walks folders: it lists
+        `a/b` where `a` sorts, before a sibling `a-c`. Either way the server
+        applies `start_after` in its own order, so resume through
+        `start_after`, never by comparing URIs client-side.
         """
         bucket, key_prefix = split_s3_uri(prefix)
         if key_prefix and not key_prefix.endswith("/"):
