@@ -92,7 +92,7 @@ def infer_batch(
         raise
     except TileAssetsError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    return report.to_dict()
+    return {**report.to_dict(), "model": model.name, "model_version": model.version}
 
 
 @dg.op
@@ -132,6 +132,8 @@ def merge_findings(
         "tiles_from_cache": sum(b.tiles_from_cache for b in batch_reports),
         "coverage": (len(results) - len(failed)) / len(results) if results else 1.0,
         "merge": config.model_dump(),
+        "model": reports[0]["model"] if reports else "",
+        "model_version": reports[0]["model_version"] if reports else "",
     }
     context.log.info(
         f"{len(raw)} raw findings merged to {len(merged)}; {len(failed)} tile(s) failed"

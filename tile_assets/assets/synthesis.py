@@ -65,7 +65,14 @@ def scene_synthesis(
     manifest = read_parquet(store, tiles["uri"])
     results = results_from_frame(read_parquet(store, tile_findings["tile_results_uri"]))
     merged = findings_from_frame(read_geoparquet(store, tile_findings["findings_uri"]))
-    synthesis = synthesize(scene, manifest, results, merged)
+    synthesis = synthesize(
+        scene,
+        manifest,
+        results,
+        merged,
+        model_name=tile_findings.get("model", ""),
+        model_version=tile_findings.get("model_version", ""),
+    )
 
     with open_raster(imagery.store_for(scene.uri), scene.uri) as ds:
         png = render_preview(ds, merged)

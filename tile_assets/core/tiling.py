@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from affine import Affine
+from pyproj import CRS
 from rasterio.io import DatasetReader
 
 from tile_assets.core.grid import auto_tile_size, plan_grid
@@ -16,11 +17,19 @@ MANIFEST_COLUMNS = [
 ]
 
 
+def ground_resolution_m(scene: SceneInfo) -> float | None:
+    """Metres per pixel when the CRS is projected in metres; None otherwise (degrees, pixels)."""
+    if not scene.crs or not scene.resolution:
+        return None
+    crs = CRS.from_user_input(scene.crs)
+    if not crs.is_projected or crs.axis_info[0].unit_name not in ("metre", "meter"):
+        return None
+    return float(scene.resolution[0])
+
+
 def resolve_spec(scene: SceneInfo, tile_size: int, overlap: float, edge: str) -> GridSpec:
     """The grid for a scene; a tile size of 0 means "choose from size and resolution"."""
-    size = tile_size or auto_tile_size(
-        scene.width, scene.height, scene.resolution[0] if scene.resolution else None
-    )
+    size = tile_size or auto_tile_size(scene.width, scene.height, ground_resolution_m(scene))
     return GridSpec(tile_size=size, overlap=overlap, edge=edge)  # type: ignore[arg-type]
 
 
