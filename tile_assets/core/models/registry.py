@@ -1,7 +1,9 @@
-"""Find models by name through the `tile_assets.models` entry-point group.
+"""Find models by name through the `tile_assets.models` entry-point group, or by import path.
 
 Entry points let a separate package add a model (an ONNX detector, a cloud
-API) by declaring it in its own pyproject, with no change here.
+API) by declaring it in its own pyproject, with no change here; an import
+path `package.module:ClassName` plugs in a model that declares none (tests,
+notebooks, a user's own module).
 """
 
 from __future__ import annotations
@@ -28,20 +30,28 @@ def available_models() -> dict[str, str]:
     return {name: ep.value for name, ep in sorted(_entry_points().items())}
 
 
+def _entry_point_for(name: str) -> EntryPoint:
+    """The registered entry point called `name`, or one made from an import path `module:Class`."""
+    if ":" in name:
+        return EntryPoint(name=name, value=name, group=ENTRY_POINT_GROUP)
+    eps = _entry_points()
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none"
+        raise ModelError(name, f"unknown model; available: {known} (or an import path module:Class)")
+    return eps[name]
+
+
 def load_model(name: str, params: dict[str, Any] | None = None) -> TileModel:
-    """Instantiate the model registered as `name`, passing `params` as keyword arguments.
+    """Instantiate the model registered as `name` (or at import path `module:Class`) with `params`.
 
     Raises `ModelError` for an unknown name (listing the available ones), a
     class that fails to import, or params the model does not accept.
     """
-    eps = _entry_points()
-    if name not in eps:
-        known = ", ".join(sorted(eps)) or "none"
-        raise ModelError(name, f"unknown model; available: {known}")
+    ep = _entry_point_for(name)
     try:
-        cls = eps[name].load()
+        cls = ep.load()
     except (ImportError, AttributeError) as exc:
-        raise ModelError(name, f"cannot load {eps[name].value}: {exc}") from exc
+        raise ModelError(name, f"cannot load {ep.value}: {exc}") from exc
     kwargs = dict(params or {})
     _check_param_names(name, cls, kwargs)
     try:
@@ -49,7 +59,7 @@ def load_model(name: str, params: dict[str, Any] | None = None) -> TileModel:
     except TypeError as exc:
         raise ModelError(name, f"bad params: {exc}") from exc
     if not isinstance(model, TileModel):
-        raise ModelError(name, f"{eps[name].value} does not implement TileModel")
+        raise ModelError(name, f"{ep.value} does not implement TileModel")
     log.debug("loaded model %s %s with params %s", model.name, model.version, model.params())
     return model
 
