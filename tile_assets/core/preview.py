@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.io import DatasetReader
 
 from tile_assets.core.types import Finding
@@ -44,15 +44,9 @@ def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int
     other types are stretched per band between the 2nd and 98th percentile
     of valid pixels. Boxes are in scene pixels and scaled to the preview.
     """
-    scale = min(1.0, max_side / max(ds.width, ds.height))
-    out_w, out_h = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
-    indexes = _display_bands(ds)
-    data = ds.read(indexes, out_shape=(len(indexes), out_h, out_w), masked=True)
-    valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0), dtype=bool)
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data.filled(0)).all(axis=0)
-    rgb = np.stack([_to_uint8(band, valid, data.dtype) for band in data])
-    if len(indexes) == 1:
+    rgb, valid = read_display(ds, max_side)
+    out_h, out_w = valid.shape
+    if len(rgb) == 1:
         rgb = np.repeat(rgb, 3, axis=0)
     alpha = np.where(valid, 255, 0).astype(np.uint8)
     image = Image.fromarray(np.dstack([*rgb, alpha]))
@@ -61,6 +55,27 @@ def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int
     image.save(buf, format="PNG")
     log.debug("preview %s: %dx%d, %d boxes", ds.name, out_w, out_h, len(findings))
     return buf.getvalue()
+
+
+def read_display(
+    ds: DatasetReader, max_side: int, resampling: Resampling = Resampling.nearest
+) -> tuple[np.ndarray, np.ndarray]:
+    """`ds` scaled to fit `max_side` as display bytes, read decimated (`out_shape`).
+
+    Returns a (bands, h, w) uint8 array, three bands (red, green, blue) or one
+    gray band, and the (h, w) mask of valid pixels. Shared by the preview
+    and by the content gate's rendition, so both see the same picture.
+    """
+    scale = min(1.0, max_side / max(ds.width, ds.height))
+    out_w, out_h = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
+    indexes = _display_bands(ds)
+    data = ds.read(
+        indexes, out_shape=(len(indexes), out_h, out_w), masked=True, resampling=resampling
+    )
+    valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0), dtype=bool)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data.filled(0)).all(axis=0)
+    return np.stack([_to_uint8(band, valid, data.dtype) for band in data]), valid
 
 
 def _display_bands(ds: DatasetReader) -> list[int]:
