@@ -84,10 +84,7 @@ def merge_findings(
     )
     if strategy == "nms":
         return [ordered[k] for k in keepers]
-    return [
-        _absorb(ordered[k], [ordered[j] for j in absorbed[k]]) if k in absorbed else ordered[k]
-        for k in keepers
-    ]
+    return _absorb_groups(ordered, boxes, keepers, absorbed)
 
 
 def _total_order(findings: Sequence[Finding]) -> tuple[list[Finding], np.ndarray, np.ndarray]:
@@ -185,31 +182,55 @@ def _greedy_groups(
     return [i for i in range(n) if not taken[i]], absorbed
 
 
-def _absorb(keeper: Finding, members: list[Finding]) -> Finding:
-    """The keeper grown to cover the members it took (greedy NMM)."""
-    group = [keeper, *members]
-    box = (
-        min(f.box[0] for f in group),
-        min(f.box[1] for f in group),
-        max(f.box[2] for f in group),
-        max(f.box[3] for f in group),
-    )
-    box_area = (box[2] - box[0]) * (box[3] - box[1])
-    tiles: set[str] = set()
-    for f in group:
-        tiles.update(f.attributes.get(MERGED_TILES, [f.tile_id] if f.tile_id else []))
-    attributes = {
-        **keeper.attributes,
-        MERGED_COUNT: sum(int(f.attributes.get(MERGED_COUNT, 1)) for f in group),
-        MERGED_TILES: sorted(tiles),
-    }
-    return Finding(
-        label=keeper.label,
-        score=keeper.score,
-        box=box,
-        tile_id=keeper.tile_id,
-        area_px=min(sum(f.area_px for f in group), box_area),
-        model=keeper.model,
-        model_version=keeper.model_version,
-        attributes=attributes,
-    )
+def _absorb_groups(
+    ordered: list[Finding],
+    boxes: np.ndarray,
+    keepers: list[int],
+    absorbed: dict[int, list[int]],
+) -> list[Finding]:
+    """Greedy NMM: each keeper grown to the union of the boxes it took, areas summed and capped.
+
+    Union boxes and summed areas are computed for all groups at once in numpy;
+    only the groups that took something build a new `Finding`.
+    """
+    owner = np.arange(len(ordered))
+    for k, taken in absorbed.items():
+        owner[taken] = k
+    lows = np.full((len(ordered), 2), np.inf)
+    highs = np.full((len(ordered), 2), -np.inf)
+    np.minimum.at(lows, owner, boxes[:, :2])
+    np.maximum.at(highs, owner, boxes[:, 2:])
+    areas = np.bincount(
+        owner, weights=[f.area_px for f in ordered], minlength=len(ordered)
+    ).tolist()
+    unions = np.hstack([lows, highs]).tolist()
+
+    out: list[Finding] = []
+    for k in keepers:
+        keeper = ordered[k]
+        if k not in absorbed:
+            out.append(keeper)
+            continue
+        count = 0
+        tiles: set[str] = set()
+        for f in (keeper, *(ordered[j] for j in absorbed[k])):
+            count += int(f.attributes.get(MERGED_COUNT, 1))
+            tiles.update(f.attributes.get(MERGED_TILES, (f.tile_id,) if f.tile_id else ()))
+        x0, y0, x1, y1 = unions[k]
+        out.append(
+            Finding(
+                label=keeper.label,
+                score=keeper.score,
+                box=(x0, y0, x1, y1),
+                tile_id=keeper.tile_id,
+                area_px=min(areas[k], (x1 - x0) * (y1 - y0)),
+                model=keeper.model,
+                model_version=keeper.model_version,
+                attributes={
+                    **keeper.attributes,
+                    MERGED_COUNT: count,
+                    MERGED_TILES: sorted(tiles),
+                },
+            )
+        )
+    return out
