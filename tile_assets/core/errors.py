@@ -50,3 +50,23 @@ class TransientStoreError(TransientError, StoreError):
 
 class TransientModelError(TransientError, ModelError):
     """A model backend failed in a way that may succeed on retry (throttled API)."""
+
+
+class RejectedSceneError(TileAssetsError):
+    """The content gate turned the image away (validation, area policy, blocklist, moderation).
+
+    Final for this version of the image under this gate policy: `check` names
+    the check that rejected it, `reasons` say why, and `policy` fingerprints
+    the gate configuration ("" when the rejection does not depend on it), so
+    a retry is due only when the image or the policy changes.
+    """
+
+    def __init__(self, obj: str, check: str, reasons: tuple[str, ...], policy: str = "") -> None:
+        self.check = check
+        self.reasons = reasons
+        self.policy = policy
+        super().__init__(obj, f"rejected by {check}: {'; '.join(reasons)}")
+
+
+class PolicyError(TileAssetsError):
+    """A gate policy file (area GeoJSON, blocklist) is missing or malformed."""
