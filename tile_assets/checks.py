@@ -2,6 +2,7 @@
 
 
 import dagster as dg
+import pandas as pd
 
 from tile_assets.assets.findings import tile_findings
 from tile_assets.core.catalog import read_geoparquet
@@ -15,6 +16,11 @@ FINDINGS_COLUMNS = {
     "area_px": "float64", "model": "object", "model_version": "object",
     "lon_min": "float64", "lat_min": "float64", "lon_max": "float64", "lat_max": "float64",
 }
+
+
+def _dtype_kind(column: pd.Series) -> str:
+    """Text columns as "object": pandas 3 reads them back with its `str` dtype, older pandas as object."""
+    return "object" if pd.api.types.is_string_dtype(column.dtype) else str(column.dtype)
 
 
 @dg.asset_check(asset=tile_findings, partitions_def=scenes, blocking=False)
@@ -39,7 +45,7 @@ def findings_schema(imagery: ImageryStore, tile_findings: dict) -> dg.AssetCheck
     missing = sorted(set(FINDINGS_COLUMNS) - set(frame.columns))
     wrong = sorted(
         c for c, kind in FINDINGS_COLUMNS.items()
-        if c in frame.columns and len(frame) and str(frame[c].dtype) != kind
+        if c in frame.columns and len(frame) and _dtype_kind(frame[c]) != kind
     )
     invalid = int((~frame.geometry.is_valid).sum()) if len(frame) else 0
     bad_scores = int(((frame["score"] < 0) | (frame["score"] > 1)).sum()) if "score" in frame else 0
