@@ -71,7 +71,11 @@ def infer_batch(
     plan = BatchPlan.from_dict(batch)
     model = tile_model.load()
     cache = TileCache(
-        imagery.catalog_store(), imagery.catalog, model_key(model.name, model.version, model.params()), scene.fingerprint
+        imagery.catalog_store(),
+        imagery.catalog,
+        model_key(model.name, model.version, model.params()),
+        scene.fingerprint,
+        run_group=context.run.root_run_id or context.run_id,
     )
 
     def progress(done: int, failed: int, total: int) -> None:

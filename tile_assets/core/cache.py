@@ -27,6 +27,10 @@ class TileCache:
     catalog: str
     model_key: str
     fingerprint: str
+    run_group: str = ""
+    """Root run id of the run using the cache: entries it wrote itself (an earlier
+    attempt of a retried step, a killed run it re-executes) are its own work,
+    not hits from an earlier run."""
 
     @property
     def prefix(self) -> str:
@@ -37,7 +41,7 @@ class TileCache:
         return join_uri(self.prefix, f"{tile_cache_key(self.fingerprint, window)}.json")
 
     def get(self, window: TileWindow) -> TileResult | None:
-        """The cached result of a tile, or None when it was never done (or is unreadable)."""
+        """The cached result of a tile (`from_cache` unless this run group wrote it), or None when never done."""
         uri = self.uri(window)
         try:
             data = json.loads(self.store.read_bytes(uri))
@@ -48,14 +52,13 @@ class TileCache:
         except ValueError:
             log.warning("ignoring unreadable cache entry %s", uri)
             return None
-        result = TileResult.from_dict(data)
-        if result.tile_id != window.tile_id:
-            result = TileResult.from_dict({**data, "tile_id": window.tile_id})
-        return result
+        own = bool(self.run_group) and data.get("run_group") == self.run_group
+        return TileResult.from_dict({**data, "tile_id": window.tile_id, "from_cache": not own})
 
     def put(self, window: TileWindow, result: TileResult) -> None:
         """Remember a successful tile; failures are never cached."""
         if result.status != "ok":
             return
-        payload = json.dumps(result.to_dict(), sort_keys=True).encode()
+        entry = {**result.to_dict(), "from_cache": False, "run_group": self.run_group}
+        payload = json.dumps(entry, sort_keys=True).encode()
         self.store.write_bytes(self.uri(window), payload, "application/json")

@@ -141,7 +141,7 @@ def run_batch(
     for window in plan.windows:
         hit = cache.get(window) if cache else None
         if hit is not None:
-            results[window.tile_id] = replace(hit, from_cache=True)
+            results[window.tile_id] = hit
         else:
             todo.append(window)
 
