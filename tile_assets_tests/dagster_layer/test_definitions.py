@@ -50,7 +50,7 @@ def test_workspace_entry_point_builds_from_environment(
 
 
 def test_assets_grouped_described_and_kinded(specs: dict[str, dg.AssetSpec]) -> None:
-    assert set(specs) == set(ASSETS)
+    assert set(ASSETS) <= set(specs)
     for name, spec in specs.items():
         assert spec.group_name == GROUP == "imagery", name
         assert spec.kinds, name
@@ -94,7 +94,7 @@ def test_sensor_schedule_and_jobs(defs: dg.Definitions) -> None:
 
 def test_asset_checks_on_tile_findings(defs: dg.Definitions) -> None:
     checks = defs.resolve_asset_graph().asset_check_keys
-    assert checks == {
+    assert checks >= {
         dg.AssetCheckKey(dg.AssetKey("tile_findings"), "tile_coverage"),
         dg.AssetCheckKey(dg.AssetKey("tile_findings"), "findings_schema"),
     }
