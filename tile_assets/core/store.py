@@ -90,9 +90,10 @@ class LocalStore:
         root = local_path(prefix)
         if not root.exists():
             raise StoreError(prefix, "folder does not exist")
+        after = str(local_path(start_after)) if start_after else ""
         paths = sorted(str(p) for p in root.rglob("*") if p.is_file())
         for path in paths:
-            if start_after and path <= start_after:
+            if after and path <= after:
                 continue
             stat = os.stat(path)
             yield ObjectInfo(
@@ -128,6 +129,7 @@ class LocalStore:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide published files from readers
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
