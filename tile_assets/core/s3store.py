@@ -89,7 +89,7 @@ def store_error(uri: str, exc: Exception) -> StoreError:
 
 
 def _is_aws_host(host: str) -> bool:
-    return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,10 @@ class S3Store:
         (resolved afresh on each call, so rotated credentials are picked up).
         A custom endpoint gets path-style addressing and its own scheme.
         """
-        return rasterio.Env(session=self._aws_session(), **self.gdal_options())
+        env: AbstractContextManager[Any] = rasterio.Env(
+            session=self._aws_session(), **self.gdal_options()
+        )
+        return env
 
     def gdal_options(self) -> dict[str, str]:
         """GDAL config options (no secrets) for reaching this store's endpoint."""

@@ -190,7 +190,8 @@ class S3Settings:
 def open_store(uri: str, s3: S3Settings | None = None) -> Store:
     """The store for a URI's scheme: `s3://` gives an S3Store, a path or `file://` a LocalStore."""
     if is_s3_uri(uri):
-        from tile_assets.core.s3store import S3Store  # boto3 is only imported when S3 is used
+        # Imported here so that local-only use never imports boto3.
+        from tile_assets.core.s3store import S3Store
 
         return S3Store.from_settings(s3 or S3Settings())
     if "://" in uri and not uri.startswith("file://"):
