@@ -1,0 +1,137 @@
+"""Shared set-up of the fan-out tests: a real scene in a fresh inbox and catalog, runs of `process_scene`.
+
+Run config is built by the CLI's own `run_config` from CLI flags, so the tests
+configure runs exactly as `tile-assets run` does.
+"""
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import geopandas as gpd
+import pandas as pd
+import pytest
+
+from tile_assets.cli import build_parser, run_config
+from tile_assets.core.keys import scene_key
+from tile_assets.core.registry import register_scene
+from tile_assets.core.store import open_store
+from tile_assets.definitions import build_definitions
+from tile_assets.jobs import process_scene
+from tile_assets.settings import Settings
+from tile_assets_tests.fanout.faulty_models import StateDir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NAIP = REPO_ROOT / "data" / "inbox" / "naip_2018.tif"
+"""934 x 724, 4 bands, 512-px internal tiles: 63 tiles of 128 px at 20 % overlap."""
+FLAKY = "tile_assets_tests.fanout.faulty_models:FlakyModel"
+FLAKY_V2 = "tile_assets_tests.fanout.faulty_models:FlakyModelV2"
+TILE_SIZE = 128
+
+
+def scene_run_config(
+    model_params: Mapping[str, Any],
+    *,
+    model: str = FLAKY,
+    tile_size: int = TILE_SIZE,
+    target_steps: int = 4,
+    executor: str = "in_process",
+) -> dict[str, Any]:
+    """The run config `tile-assets run` builds for these flags."""
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--tile-size", str(tile_size),
+            "--model", model,
+            "--model-params", json.dumps(dict(model_params)),
+            "--target-steps", str(target_steps),
+            "--executor", executor,
+        ]
+    )
+    return run_config(args)
+
+
+@dataclass
+class Lab:
+    """An inbox, a catalog and a Dagster instance of one test module, all under a temp dir."""
+
+    root: Path
+    instance: dg.DagsterInstance
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog"
+
+    @property
+    def state(self) -> StateDir:
+        """Attempts and predict calls recorded by FlakyModel runs with `state_dir=self.state_path`."""
+        return StateDir(self.state_path)
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(inbox=str(self.inbox), catalog=str(self.catalog))
+
+    def add_scene(self, image: Path = NAIP) -> str:
+        """Copy `image` into the inbox, register it and add its partition, as the CLI does."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        target = self.inbox / image.name
+        shutil.copy(image, target)
+        obj = open_store(str(self.inbox)).head(str(target))
+        key = scene_key(obj.uri)
+        register_scene(open_store(str(self.catalog)), str(self.catalog), key, obj)
+        self.instance.add_dynamic_partitions("scenes", [key])
+        return key
+
+    def run(self, key: str, model_params: Mapping[str, Any], **config: Any) -> dg.ExecuteInProcessResult:
+        """One `process_scene` run of partition `key`, in process, on this lab's instance."""
+        job = build_definitions(self.settings).resolve_job_def(process_scene.name)
+        return job.execute_in_process(
+            run_config=scene_run_config(model_params, **config),
+            instance=self.instance,
+            partition_key=key,
+            raise_on_error=False,
+        )
+
+    def scene_file(self, key: str, name: str) -> Path:
+        return self.catalog / "scenes" / key / name
+
+    def tile_results(self, key: str) -> pd.DataFrame:
+        return pd.read_parquet(self.scene_file(key, "tile_results.parquet")).set_index("tile_id")
+
+    def findings(self, key: str) -> gpd.GeoDataFrame:
+        return gpd.read_parquet(self.scene_file(key, "findings.parquet"))
+
+    def manifest_ids(self, key: str) -> list[str]:
+        return [str(t) for t in pd.read_parquet(self.scene_file(key, "tiles.parquet"))["tile_id"]]
+
+    def json(self, key: str, name: str) -> dict[str, Any]:
+        return json.loads(self.scene_file(key, name).read_text())
+
+
+def findings_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The `tile_findings` materialization's metadata values of a run."""
+    (materialization,) = result.asset_materializations_for_node("tile_findings")
+    return {name: value.value for name, value in materialization.metadata.items()}
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A fresh lab (inbox, catalog, state dir, temporary instance) for one test module."""
+    with dg.instance_for_test() as instance:
+        yield Lab(tmp_path_factory.mktemp("fanout"), instance)
