@@ -10,10 +10,30 @@ from tile_assets.assets.failures import scene_failure
 from tile_assets.core.catalog import write_parquet
 from tile_assets.core.errors import TileAssetsError, UnsupportedRasterError
 from tile_assets.core.raster import open_raster
-from tile_assets.core.tiling import build_manifest, resolve_spec
+from tile_assets.core.tiling import MANIFEST_COLUMNS, build_manifest, resolve_spec
 from tile_assets.core.types import SceneInfo
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
+
+_BOUNDS = "bound of the window in the scene CRS (pixels when the scene has no georeferencing)"
+_TILE_COLUMNS: dict[str, tuple[str, str]] = {
+    "tile_id": ("string", "grid row and column, e.g. r003c007; stable across reruns"),
+    "row": ("int", "grid row, from the top"),
+    "col": ("int", "grid column, from the left"),
+    "col_off": ("int", "left pixel column of the window in the scene"),
+    "row_off": ("int", "top pixel row of the window in the scene"),
+    "width": ("int", "window width in pixels"),
+    "height": ("int", "window height in pixels"),
+    "minx": ("float", f"west {_BOUNDS}"),
+    "miny": ("float", f"south {_BOUNDS}"),
+    "maxx": ("float", f"east {_BOUNDS}"),
+    "maxy": ("float", f"north {_BOUNDS}"),
+    "valid_fraction": ("float", "share of the window's pixels that are valid (not nodata, alpha or mask)"),
+}
+TILES_SCHEMA = dg.TableSchema(
+    columns=[dg.TableColumn(name, *_TILE_COLUMNS[name]) for name in MANIFEST_COLUMNS]
+)
+"""Columns of `tiles.parquet`, shown on the asset page; names come from the core manifest."""
 
 
 class TilingConfig(dg.Config):
@@ -34,6 +54,7 @@ class TilingConfig(dg.Config):
     code_version=CODE_VERSION,
     kinds={"rasterio", "parquet"},
     owners=["team:imagery"],
+    metadata={"dagster/column_schema": TILES_SCHEMA},
 )
 def tiles(
     context: dg.AssetExecutionContext,
@@ -68,6 +89,7 @@ def tiles(
         {"uri": uri, "spec": spec.to_dict(), "tile_count": len(manifest), "pruned": pruned},
         metadata={
             "tile_count": len(manifest),
+            "dagster/row_count": len(manifest),
             "pruned_empty_tiles": pruned,
             "tile_size": spec.tile_size,
             "overlap_px": spec.overlap_pixels(),
