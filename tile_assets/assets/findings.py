@@ -24,6 +24,32 @@ from tile_assets.core.types import GridSpec, SceneInfo
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore, TileModelResource
 
+_PIXEL_BOX = "of the merged box, in scene pixels"
+_LONLAT = "of the box in WGS84 degrees (empty when the scene has no georeferencing)"
+FINDINGS_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("scene_key", "string", "partition key of the scene"),
+        dg.TableColumn("tile_id", "string", "tile the finding came from (after merge: the kept one)"),
+        dg.TableColumn("label", "string", "what was found, e.g. bright_object, vegetation_patch"),
+        dg.TableColumn("score", "float", "model confidence, 0 to 1"),
+        dg.TableColumn("px_x0", "float", f"left edge {_PIXEL_BOX}"),
+        dg.TableColumn("px_y0", "float", f"top edge {_PIXEL_BOX}"),
+        dg.TableColumn("px_x1", "float", f"right edge {_PIXEL_BOX}"),
+        dg.TableColumn("px_y1", "float", f"bottom edge {_PIXEL_BOX}"),
+        dg.TableColumn("area_px", "float", "object area in pixels"),
+        dg.TableColumn("model", "string", "tile model name"),
+        dg.TableColumn("model_version", "string", "tile model version"),
+        dg.TableColumn("attributes", "string", "model-specific attributes, as JSON"),
+        dg.TableColumn("coord_space", "string", "'crs' when geometry is in the scene CRS, 'pixel' otherwise"),
+        dg.TableColumn("lon_min", "float", f"west bound {_LONLAT}"),
+        dg.TableColumn("lat_min", "float", f"south bound {_LONLAT}"),
+        dg.TableColumn("lon_max", "float", f"east bound {_LONLAT}"),
+        dg.TableColumn("lat_max", "float", f"north bound {_LONLAT}"),
+        dg.TableColumn("geometry", "geometry", "the box as a polygon (WKB, GeoParquet)"),
+    ]
+)
+"""Columns of `findings.parquet` (GeoParquet), shown on the asset page."""
+
 INFERENCE_POOL = "tile_inference"
 MAX_RETRIES = 3
 INFERENCE_RETRY = dg.RetryPolicy(
@@ -146,6 +172,7 @@ def merge_findings(
         summary,
         metadata={
             "findings": len(merged),
+            "dagster/row_count": len(merged),
             "findings_before_merge": len(raw),
             "counts_by_label": dg.MetadataValue.json(summary["counts_by_label"]),
             "tiles_inferred": summary["tiles_inferred"],
@@ -164,6 +191,7 @@ def merge_findings(
     code_version=CODE_VERSION,
     kinds={"python", "geoparquet"},
     owners=["team:imagery"],
+    metadata={"dagster/column_schema": FINDINGS_SCHEMA},
 )
 def tile_findings(source_images: dict, tiles: dict) -> dict:
     """Findings of the per-tile model over every tile, merged across tile borders.
