@@ -34,6 +34,11 @@ from tile_assets.sensors import scene_run_tags
 from tile_assets.settings import Settings, absolute_uri
 
 PROJECT_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+PARENT_OUTCOME_TAGS = frozenset(
+    {"dagster/failure_reason", "dagster/will_retry", "dagster/retry_number", "dagster/is_resume_retry",
+     "dagster/auto_retry_run_id"}
+)
+"""How the parent run ended; not carried over to its re-execution (the UI's re-execute drops them too)."""
 console = Console(stderr=True)
 
 
@@ -205,11 +210,13 @@ def command_resume(args: argparse.Namespace) -> int:
         console.print(f"[red]error[/red]: no run {args.run_id} in {os.environ['DAGSTER_HOME']}")
         return 2
     target = scene_job if parent.job_name == process_scene.name else catalog_job
+    tags = {k: v for k, v in parent.tags.items() if k not in PARENT_OUTCOME_TAGS}
+    tags.update({"dagster/parent_run_id": parent.run_id, "dagster/root_run_id": parent.root_run_id or parent.run_id})
     result = dg.execute_job(
         dg.reconstructable(target),
         instance,
         run_config=parent.run_config,
-        tags=parent.tags,
+        tags=tags,
         reexecution_options=dg.ReexecutionOptions.from_failure(args.run_id, instance),
         raise_on_error=False,
     )
