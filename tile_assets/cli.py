@@ -39,6 +39,8 @@ PARENT_OUTCOME_TAGS = frozenset(
      "dagster/auto_retry_run_id"}
 )
 """How the parent run ended; not carried over to its re-execution (the UI's re-execute drops them too)."""
+LOCATION_TAGS = {"tile_assets/inbox": "TILE_ASSETS_INBOX", "tile_assets/catalog": "TILE_ASSETS_CATALOG"}
+"""Run tags naming the inbox and catalog a CLI run used, and the variables `resume` restores them to."""
 console = Console(stderr=True)
 
 
@@ -174,13 +176,15 @@ def command_run(args: argparse.Namespace) -> int:
         register_scene(catalog_store, catalog, change.partition_key, change.obj)
     instance.add_dynamic_partitions(scenes.name, [c.partition_key for c in changes])
     config = run_config(args)
+    locations = {tag: os.environ[variable] for tag, variable in LOCATION_TAGS.items()}
     outcomes = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("scenes", total=len(changes))
         for change in changes:
             progress.update(task, description=f"scene {change.partition_key}")
-            tags = {**scene_run_tags(change), "tile_assets/trigger": "cli", "dagster/partition": change.partition_key}
+            tags = {**scene_run_tags(change), **locations, "tile_assets/trigger": "cli",
+                    "dagster/partition": change.partition_key}
             result = dg.execute_job(
                 dg.reconstructable(scene_job), instance, run_config=config, tags=tags, raise_on_error=False
             )
@@ -191,7 +195,7 @@ def command_run(args: argparse.Namespace) -> int:
             dg.reconstructable(catalog_job),
             instance,
             run_config={"execution": config["execution"]},
-            tags={"tile_assets/trigger": "cli"},
+            tags={**locations, "tile_assets/trigger": "cli"},
             raise_on_error=False,
         )
     print_summary(outcomes, catalog)
@@ -209,6 +213,10 @@ def command_resume(args: argparse.Namespace) -> int:
     if parent is None:
         console.print(f"[red]error[/red]: no run {args.run_id} in {os.environ['DAGSTER_HOME']}")
         return 2
+    # Steps rebuild the definitions from the environment: point it at the run's own inbox and catalog.
+    for tag, variable in LOCATION_TAGS.items():
+        if tag in parent.tags:
+            os.environ[variable] = parent.tags[tag]
     target = scene_job if parent.job_name == process_scene.name else catalog_job
     tags = {k: v for k, v in parent.tags.items() if k not in PARENT_OUTCOME_TAGS}
     tags.update({"dagster/parent_run_id": parent.run_id, "dagster/root_run_id": parent.root_run_id or parent.run_id})
