@@ -138,7 +138,7 @@ def outcome_of(imagery: ImageryStore, change: SceneChange, result: dg.ExecuteJob
 def print_summary(outcomes: list[SceneOutcome], catalog: str) -> None:
     table = Table(title="tile_assets run")
     for column in ("scene", "tiles", "findings", "coverage", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a scene key cut short by "…" cannot be looked up
     for o in outcomes:
         status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.reason}"
         table.add_row(o.key, str(o.tiles), str(o.findings), f"{o.coverage:.0%}" if o.success else "-", status)
