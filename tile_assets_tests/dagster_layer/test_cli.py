@@ -1,0 +1,204 @@
+"""`tile-assets run` and `tile-assets resume` end to end, on real images and a real Dagster home.
+
+The happy path runs the installed console script in a subprocess; the bad-input
+and resume cases call `tile_assets.cli.main` in process (same code, no
+interpreter start-up). Only the smallest sample images are used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import geopandas as gpd
+import pytest
+
+from tile_assets import cli
+from tile_assets.core.keys import scene_key
+from tile_assets.jobs import process_scene, refresh_catalog
+from tile_assets.partitions import scenes
+from tile_assets_tests.dagster_layer.fixtures import BAD, INBOX, SCENE_FILES, copy_images
+
+GOOD = ("rgb-byte-tenth.tif", "colorado_aerial_cl1.tif", "page_text.png")
+CLI_TIMEOUT_S = 300
+
+
+@dataclass
+class CliRun:
+    inbox: Path
+    catalog: Path
+    returncode: int
+    output: str
+
+    def key(self, name: str) -> str:
+        return scene_key(str(self.inbox / name))
+
+    def scene(self, name: str) -> Path:
+        return self.catalog / "scenes" / self.key(name)
+
+    def status(self, name: str) -> dict:
+        return json.loads((self.scene(name) / "status.json").read_text())
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $DAGSTER_HOME; the CLI's own changes to the environment are undone after the test."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TILE_ASSETS_INBOX", str(tmp_path / "inbox"))
+    monkeypatch.setenv("TILE_ASSETS_CATALOG", str(tmp_path / "catalog"))
+    monkeypatch.setenv("COLUMNS", "200")  # rich: one table line per scene
+    return home
+
+
+@pytest.fixture
+def instance(dagster_home: Path) -> Iterator[dg.DagsterInstance]:
+    """The instance the CLI writes to (opened after the CLI created $DAGSTER_HOME)."""
+    cli.ensure_dagster_home()
+    with dg.DagsterInstance.get() as opened:
+        yield opened
+
+
+def scene_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=process_scene.name)))
+
+
+def assert_complete(run: CliRun, name: str) -> None:
+    folder = run.scene(name)
+    for file in SCENE_FILES:
+        assert (folder / file).is_file(), f"{name}: {file}"
+    assert run.status(name)["status"] == "complete"
+    findings = gpd.read_parquet(folder / "findings.parquet")
+    synthesis = json.loads((folder / "synthesis.json").read_text())
+    assert synthesis["counts_by_label"] == findings["label"].value_counts().to_dict(), name
+    assert synthesis["total_findings"] == len(findings) > 0, name
+
+
+@pytest.fixture
+def good_run(tmp_path: Path, dagster_home: Path) -> CliRun:
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    copy_images(inbox, *(INBOX / name for name in GOOD))
+    script = Path(sys.executable).parent / "tile-assets"
+    proc = subprocess.run(
+        [str(script), "run", str(inbox), "--catalog", str(catalog)],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env=os.environ.copy(),
+        cwd=tmp_path,
+        check=False,
+    )
+    return CliRun(inbox, catalog, proc.returncode, proc.stdout + proc.stderr)
+
+
+def test_run_builds_the_catalog(good_run: CliRun, instance: dg.DagsterInstance) -> None:
+    assert good_run.returncode == 0, good_run.output[-3000:]
+    for name in GOOD:
+        assert_complete(good_run, name)
+        assert good_run.key(name) in good_run.output
+    collection = json.loads((good_run.catalog / "collection.json").read_text())
+    assert len([link for link in collection["links"] if link["rel"] == "item"]) == len(GOOD)
+    table = gpd.read_parquet(good_run.catalog / "scenes.parquet")
+    assert sorted(table["id"]) == sorted(good_run.key(name) for name in GOOD)
+    assert set(table["status"]) == {"complete"}
+
+    keys = {good_run.key(name) for name in GOOD}
+    assert set(instance.get_dynamic_partitions(scenes.name)) == keys
+    runs = scene_runs(instance)
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(keys)
+    assert all(r.is_success and r.tags["tile_assets/trigger"] == "cli" for r in runs)
+    [catalog_run] = instance.get_runs(filters=dg.RunsFilter(job_name=refresh_catalog.name))
+    assert catalog_run.is_success
+
+
+def test_run_with_bad_images(
+    tmp_path: Path, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    good = GOOD[:2]
+    copy_images(inbox, *(INBOX / name for name in good), BAD / "corrupt.tif", BAD / "all-nodata.tif")
+    code = cli.main(["run", str(inbox), "--catalog", str(catalog)])
+    printed = capsys.readouterr().out
+    run = CliRun(inbox, catalog, code, printed)
+    assert code == 1
+    for name in good:
+        assert_complete(run, name)
+    expected = {
+        "corrupt.tif": ("source_images", "RasterReadError", "IReadBlock failed"),
+        "all-nodata.tif": ("tiles", "UnsupportedRasterError", "every pixel is nodata"),
+    }
+    table = gpd.read_parquet(catalog / "scenes.parquet").set_index("id")
+    for name, (stage, error_type, reason) in expected.items():
+        status = run.status(name)
+        assert status["status"] == "failed"
+        assert (status["stage"], status["error_type"]) == (stage, error_type)
+        assert Path(status["object"]).name == name
+        assert reason in status["reason"]
+        assert not (run.scene(name) / "synthesis.json").exists()
+        line = next(line for line in printed.splitlines() if run.key(name) in line)
+        assert "failed" in line and reason in line
+        assert table.loc[run.key(name), "status"] == "failed"
+        assert reason in table.loc[run.key(name), "description"]
+    assert set(table.loc[[run.key(name) for name in good], "status"]) == {"complete"}
+
+
+def test_resume_completes_a_failed_run_from_any_shell(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scene run that failed on a corrupt image completes on resume once the image is replaced.
+
+    `resume` runs from a fresh shell: no TILE_ASSETS_* variables, another
+    working directory; the run's own config says where the catalog is.
+    """
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    [image] = copy_images(inbox, BAD / "corrupt.tif")
+    assert cli.main(["run", str(inbox), "--catalog", str(catalog)]) == 1
+    [parent] = scene_runs(instance)
+    assert parent.is_failure
+    key = parent.tags["dagster/partition"]
+    assert key == scene_key(str(image))
+    assert json.loads((catalog / "scenes" / key / "status.json").read_text())["status"] == "failed"
+
+    copy_images(tmp_path / "fixed", INBOX / "rgb-byte-tenth.tif")[0].replace(image)
+    monkeypatch.delenv("TILE_ASSETS_INBOX")
+    monkeypatch.delenv("TILE_ASSETS_CATALOG")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert cli.main(["resume", parent.run_id]) == 0
+    assert "succeeded" in capsys.readouterr().out
+    [child] = [run for run in scene_runs(instance) if run.run_id != parent.run_id]
+    assert child.is_success
+    assert child.parent_run_id == child.root_run_id == parent.run_id
+    assert child.tags["dagster/partition"] == key
+    assert child.tags["dagster/parent_run_id"] == parent.run_id
+    assert child.tags["tile_assets/trigger"] == "cli"
+    assert "dagster/failure_reason" not in child.tags
+    folder = catalog / "scenes" / key
+    assert json.loads((folder / "status.json").read_text())["status"] == "complete"
+    assert all((folder / name).is_file() for name in SCENE_FILES)
+    assert list(elsewhere.iterdir()) == []  # nothing went to a default catalog under the working directory
+
+
+def test_resume_unknown_run(dagster_home: Path) -> None:
+    assert cli.main(["resume", "00000000-0000-0000-0000-000000000000"]) == 2
+
+
+def test_summary_never_cuts_scene_keys(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a narrow terminal (or a CI log, 80 columns) long keys wrap instead of ending in "…"."""
+    monkeypatch.setenv("COLUMNS", "60")
+    monkeypatch.setenv("DAGSTER_HOME", "/nonexistent")
+    key = scene_key("/inbox/a_rather_long_scene_file_name_from_a_drone_survey_2024.tif")
+    outcome = cli.SceneOutcome(key=key, uri="/inbox/x.tif", run_id="r", success=False, reason="x " * 40)
+    cli.print_summary([outcome], "/catalog")
+    printed = capsys.readouterr().out
+    assert "…" not in printed
+    cells = "".join(line.split("│")[1].strip() for line in printed.splitlines() if line.startswith("│"))
+    assert key in cells
