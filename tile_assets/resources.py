@@ -7,11 +7,19 @@ URI scheme; S3 endpoint, region and credentials come from dagster-aws's
 
 
 import json
-from typing import Any
+from typing import Any, Literal
 
+import boto3
 import dagster as dg
+from botocore.config import Config as BotoConfig
 from dagster_aws.s3 import S3Resource
+from pydantic import Field
 
+from tile_assets.core.errors import PolicyError, StoreError
+from tile_assets.core.gate.area import AreaPolicyCheck, load_areas
+from tile_assets.core.gate.base import Gate, GateCheck, policy_fingerprint
+from tile_assets.core.gate.blocklist import DEFAULT_MAX_DISTANCE, BlocklistCheck, parse_blocklist
+from tile_assets.core.gate.moderation import ModerationCheck
 from tile_assets.core.models.base import TileModel
 from tile_assets.core.models.registry import load_model
 from tile_assets.core.store import S3Settings, Store, join_uri, open_store
@@ -98,3 +106,82 @@ class TileModelResource(dg.ConfigurableResource):
 
     def load(self) -> TileModel:
         return load_model(self.name, json.loads(self.params_json))
+
+
+class GateResource(dg.ConfigurableResource):
+    """The content gate every image passes before any tile is planned, and its policy.
+
+    The format and size validation always runs. The other checks run when
+    configured, cheapest first: `area_policy` (a GeoJSON of allowed/denied
+    areas), `blocklist` (checksums and perceptual hashes) and `moderation`
+    (Amazon Rekognition, off by default: the default gate needs no cloud).
+    Policy files are paths or s3:// URIs.
+    """
+
+    area_policy_path: str = Field("", description="GeoJSON of allowed/denied areas; empty: no area check")
+    area_mode: Literal["deny", "allow"] = Field(
+        "deny", description="rule of the areas whose feature has no `policy` property"
+    )
+    non_georeferenced: Literal["accept", "reject"] = Field(
+        "accept", description="what the area check does with images that have no location"
+    )
+    blocklist_path: str = Field("", description="text file of sha256:/etag:/phash: entries; empty: none")
+    blocklist_max_distance: int = Field(
+        DEFAULT_MAX_DISTANCE, description="pHash bits a copy may differ by and still match"
+    )
+    moderation: bool = Field(False, description="run Amazon Rekognition DetectModerationLabels")
+    moderation_min_confidence: float = Field(80.0, description="labels below this confidence (%) are ignored")
+    moderation_reject_labels: list[str] = Field(
+        default_factory=list, description="labels (or their parents) that reject; empty: any label"
+    )
+    moderation_region: str = Field("", description="Rekognition region; empty: AWS_REGION / the AWS chain")
+    moderation_s3_reference: bool = Field(
+        True, description="send JPEG/PNG objects on AWS S3 by reference instead of as bytes"
+    )
+
+    def _read(self, imagery: ImageryStore, path: str) -> bytes:
+        try:
+            return imagery.store_for(path).read_bytes(path)
+        except StoreError as exc:
+            raise PolicyError(path, f"cannot read the gate policy file: {exc.reason}") from exc
+
+    def _policy_files(self, imagery: ImageryStore) -> dict[str, bytes]:
+        paths = (self.area_policy_path, self.blocklist_path)
+        return {path: self._read(imagery, path) for path in paths if path}
+
+    def _fingerprint(self, files: dict[str, bytes]) -> str:
+        return policy_fingerprint({name: getattr(self, name) for name in type(self).model_fields}, files)
+
+    def fingerprint(self, imagery: ImageryStore) -> str:
+        """Changes whenever the configuration or a policy file does: rejections are final until then."""
+        return self._fingerprint(self._policy_files(imagery))
+
+    def load(self, imagery: ImageryStore) -> Gate:
+        """The configured checks, cheapest first, with the fingerprint of the policy they enforce."""
+        files = self._policy_files(imagery)
+        checks: list[GateCheck] = []
+        if self.area_policy_path:
+            areas = load_areas(files[self.area_policy_path], self.area_policy_path, self.area_mode)
+            checks.append(AreaPolicyCheck(areas, self.non_georeferenced))
+        if self.blocklist_path:
+            text = files[self.blocklist_path].decode("utf-8", errors="replace")
+            checks.append(
+                BlocklistCheck(parse_blocklist(text, self.blocklist_path), self.blocklist_max_distance)
+            )
+        if self.moderation:
+            settings = imagery.s3_settings()
+            checks.append(
+                ModerationCheck(
+                    self.rekognition_client(self.moderation_region or settings.region),
+                    self.moderation_min_confidence,
+                    tuple(self.moderation_reject_labels),
+                    # A custom S3 endpoint (MinIO, SeaweedFS) is not one Rekognition can read.
+                    self.moderation_s3_reference and not settings.endpoint_url,
+                )
+            )
+        return Gate(tuple(checks), self._fingerprint(files))
+
+    def rekognition_client(self, region: str | None) -> Any:
+        """A Rekognition client from boto3's standard credential chain, retrying throttles with backoff."""
+        retries = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
+        return boto3.client("rekognition", region_name=region or None, config=retries)
