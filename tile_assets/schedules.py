@@ -61,7 +61,9 @@ def _status(imagery: ImageryStore, key: str) -> dict | None:
     description="Relaunches failed or incomplete scenes with exponential backoff, at most 3 times per version.",
 )
 def retry_incomplete_scenes(context: dg.ScheduleEvaluationContext, imagery: ImageryStore):
-    now = time.time()
+    # The tick's own time, so a late or replayed tick decides as it would have on time.
+    scheduled = context.scheduled_execution_time
+    now = scheduled.timestamp() if scheduled else time.time()
     requests = []
     for key in context.instance.get_dynamic_partitions(scenes.name):
         records = context.instance.get_run_records(
