@@ -1,0 +1,129 @@
+"""`retry_incomplete_scenes`: real failed, rejected and complete scene runs on a temporary instance.
+
+Retries back off exponentially from the start of the previous retry and stop
+after MAX_ATTEMPTS; each tick is evaluated at a chosen scheduled time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+import pytest
+
+from tile_assets.checks import COVERAGE_THRESHOLD
+from tile_assets.schedules import (
+    BASE_BACKOFF_SECONDS,
+    MAX_ATTEMPTS,
+    RETRY_TAG,
+    needs_retry,
+    retry_due,
+    retry_incomplete_scenes,
+)
+from tile_assets_tests.dagster_layer.fixtures import BAD, INBOX, copy_images, definitions_for, register_image, run_scene
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+@dataclass
+class Scenes:
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    missing: str
+    """its source vanished after registration: fails in source_images with a StoreError (not a rejection)"""
+    rejected: str
+    """all-nodata.tif: rejected in tiles (UnsupportedRasterError)"""
+    complete: str
+    never_run: str
+    start: dt.datetime
+    """a scheduled time just before any retry was launched"""
+
+    def tick(self, at: dt.datetime) -> list[dg.RunRequest]:
+        with dg.build_schedule_context(
+            instance=self.instance, resources=self.defs.resources, scheduled_execution_time=at
+        ) as context:
+            result = retry_incomplete_scenes(context)
+        if isinstance(result, dg.SkipReason):
+            return []
+        return list(result)
+
+    def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        """Run a retry request as the daemon would: its partition and tags."""
+        assert request.partition_key is not None
+        return run_scene(self.defs, self.instance, request.partition_key, tags=dict(request.tags))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenes]:
+    root = tmp_path_factory.mktemp("schedule")
+    inbox, catalog = root / "inbox", root / "catalog"
+    missing, nodata, good, never = copy_images(
+        inbox, INBOX / "colorado_aerial_cl1.tif", BAD / "all-nodata.tif", INBOX / "rgb-byte-tenth.tif",
+        INBOX / "page_text.png",
+    )
+    defs = definitions_for(inbox, catalog)
+    with dg.instance_for_test() as instance:
+        keys = [register_image(instance, catalog, image) for image in (missing, nodata, good, never)]
+        missing.unlink()
+        outcomes = [run_scene(defs, instance, key).success for key in keys[:3]]
+        assert outcomes == [False, False, True]
+        yield Scenes(instance, defs, *keys, start=dt.datetime.now(dt.timezone.utc))
+
+
+def test_only_the_failed_scene_is_retried(scenes: Scenes) -> None:
+    [request] = scenes.tick(scenes.start)
+    assert request.partition_key == scenes.missing
+    assert request.tags[RETRY_TAG] == "retry"
+    assert request.run_key == f"{scenes.missing}:retry:1:"
+
+
+def test_retries_back_off_and_stop(scenes: Scenes) -> None:
+    """Retry n+1 waits BASE_BACKOFF_SECONDS * 2**(n-1) after retry n started (all start just after `start`)."""
+    at = scenes.start
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        [request] = scenes.tick(at)
+        assert request.partition_key == scenes.missing
+        assert request.run_key == f"{scenes.missing}:retry:{attempt}:"
+        retry = scenes.launch(request)
+        assert not retry.success  # the source is still missing
+        assert retry.dagster_run.tags["dagster/partition"] == scenes.missing
+        assert retry.dagster_run.tags[RETRY_TAG] == "retry"
+        backoff = dt.timedelta(seconds=BASE_BACKOFF_SECONDS * 2 ** (attempt - 1))
+        assert scenes.tick(scenes.start + backoff - 5 * MINUTE) == []
+        at = scenes.start + backoff + 10 * MINUTE
+    assert scenes.tick(at) == []
+    assert scenes.tick(scenes.start + dt.timedelta(days=30)) == []
+
+
+def test_needs_retry() -> None:
+    failed = {"status": "failed", "stage": "tiles", "error_type": "RasterReadError", "reason": "bad block"}
+    assert needs_retry(failed, last_run_failed=True) == "tiles failed: bad block"
+    for rejection in ("InvalidSourceError", "UnsupportedRasterError", "RejectedSceneError"):
+        assert needs_retry({**failed, "error_type": rejection}, last_run_failed=True) is None
+    assert needs_retry(None, last_run_failed=True) == "last run failed"  # transient: no status written
+    assert needs_retry(None, last_run_failed=False) is None
+    complete = {"status": "complete", "coverage": 1.0}
+    assert needs_retry(complete, last_run_failed=False) is None
+    assert needs_retry(complete, last_run_failed=True) == "last run failed"
+    low = {"status": "complete", "coverage": COVERAGE_THRESHOLD - 0.1}
+    reason = needs_retry(low, last_run_failed=False)
+    assert reason is not None and "coverage" in reason
+
+
+def test_retry_due() -> None:
+    now = 1_000_000.0
+    assert retry_due([], now)
+    assert not retry_due([now - BASE_BACKOFF_SECONDS + 1], now)
+    assert retry_due([now - BASE_BACKOFF_SECONDS], now)
+    two = [now - 10 * BASE_BACKOFF_SECONDS, now - BASE_BACKOFF_SECONDS]
+    assert not retry_due(two, now)  # the second retry waits twice as long
+    assert retry_due([two[0], now - 2 * BASE_BACKOFF_SECONDS], now)
+    assert not retry_due([now - 100 * BASE_BACKOFF_SECONDS] * MAX_ATTEMPTS, now)
+
+
+def test_scenes_not_failed_are_left_alone(scenes: Scenes) -> None:
+    keys = {r.partition_key for r in scenes.tick(scenes.start + dt.timedelta(days=365))}
+    assert scenes.never_run not in keys
+    assert scenes.complete not in keys and scenes.rejected not in keys
