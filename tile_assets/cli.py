@@ -153,6 +153,17 @@ def print_summary(outcomes: list[SceneOutcome], catalog: str) -> None:
     )
 
 
+def resolved_imagery(defs: dg.Definitions) -> ImageryStore:
+    """The imagery resource as a run sees it: its `EnvVar` fields (AWS_*) resolved.
+
+    Neither it nor its S3 resource holds anything to tear down, so it stays
+    usable after the context closes.
+    """
+    with dg.build_resources({"imagery": (defs.resources or {})["imagery"]}) as resources:
+        imagery: ImageryStore = resources.imagery
+    return imagery
+
+
 def command_run(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     settings = Settings.from_environment()
@@ -161,7 +172,7 @@ def command_run(args: argparse.Namespace) -> int:
     os.environ["TILE_ASSETS_INBOX"] = inbox
     os.environ["TILE_ASSETS_CATALOG"] = catalog
     defs = build_definitions(Settings.from_environment())
-    imagery: ImageryStore = defs.resources["imagery"]  # type: ignore[assignment]
+    imagery = resolved_imagery(defs)
     instance = dg.DagsterInstance.get()
     try:
         changes = discover(imagery.inbox_store(), inbox)
