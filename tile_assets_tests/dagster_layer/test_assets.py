@@ -229,3 +229,18 @@ def test_rerun_reads_every_tile_from_cache(world: World, rerun: Rerun) -> None:
     assert meta["tiles_inferred"] == 0
     after = gpd.read_parquet(world.scene_file("findings.parquet"))
     pd.testing.assert_frame_equal(pd.DataFrame(after), pd.DataFrame(rerun.findings_before))
+
+
+def test_step_hand_offs_are_json_beside_the_catalog(world: World) -> None:
+    """Assets and ops hand on small JSON documents under `<catalog>/_dagster/`; nothing is pickled."""
+    root = world.catalog / "_dagster"
+    assets = {p.parent.name for p in (root / "assets").rglob(f"{world.key}.json")}
+    assert assets == {"source_images", "tiles", "tile_findings", "scene_synthesis"}
+    run_dir = root / "runs" / world.first.run_id
+    planned = {p.stem for p in (run_dir / "tile_findings.plan_batches" / "result").glob("*.json")}
+    inferred = {p.parent.name for p in run_dir.glob("tile_findings.infer_batch[[]*[]]/result.json")}
+    assert planned and inferred == {f"tile_findings.infer_batch[{batch}]" for batch in planned}
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert path.suffix == ".json", path
+            json.loads(path.read_text())
