@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -73,6 +74,7 @@ class SceneOutcome:
     findings: int = 0
     coverage: float = 0.0
     reason: str = ""
+    rejected: bool = False
 
 
 def run_config(args: argparse.Namespace) -> dict:
@@ -119,7 +121,8 @@ def outcome_of(imagery: ImageryStore, change: SceneChange, result: dg.ExecuteJob
     key = change.partition_key
     status = read_json(store, imagery.scene_uri(key, "status.json"))
     synthesis = read_json(store, imagery.scene_uri(key, "synthesis.json")) if result.success else {}
-    reason = status.get("reason", "") if status.get("status") == "failed" else ""
+    rejected = not result.success and status.get("status") == "rejected"
+    reason = status.get("reason", "") if status.get("status") == "failed" or rejected else ""
     if not result.success and not reason:
         failures = [e for e in result.all_events if e.is_step_failure]
         reason = failures[0].event_specific_data.error.message.strip().splitlines()[0] if failures else "run failed"
@@ -132,6 +135,7 @@ def outcome_of(imagery: ImageryStore, change: SceneChange, result: dg.ExecuteJob
         findings=int(synthesis.get("total_findings", 0)),
         coverage=float(synthesis.get("coverage", 0.0)),
         reason=reason,
+        rejected=rejected,
     )
 
 
@@ -141,6 +145,8 @@ def print_summary(outcomes: list[SceneOutcome], catalog: str) -> None:
         table.add_column(column, overflow="fold")  # a scene key cut short by "…" cannot be looked up
     for o in outcomes:
         status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.reason}"
+        if o.rejected:
+            status = f"[yellow]{escape(o.reason)}[/yellow]"  # "rejected by <check>: <reasons>"
         table.add_row(o.key, str(o.tiles), str(o.findings), f"{o.coverage:.0%}" if o.success else "-", status)
     out = Console()
     out.print(table)
