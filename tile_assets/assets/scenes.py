@@ -1,18 +1,17 @@
 """`source_images`: each scene's object validated and described, its version fingerprinted."""
 
 
-from dataclasses import replace
-
 import dagster as dg
 
 from tile_assets.assets import CODE_VERSION, GROUP
-from tile_assets.assets.failures import scene_failure
+from tile_assets.assets.failures import clear_rejection, scene_failure
 from tile_assets.core.catalog import write_json
 from tile_assets.core.errors import TileAssetsError
-from tile_assets.core.raster import describe, open_raster
+from tile_assets.core.gate.base import GateDecision
+from tile_assets.core.gate.screen import screen_source
 from tile_assets.core.registry import lookup_scene
 from tile_assets.partitions import scenes
-from tile_assets.resources import ImageryStore
+from tile_assets.resources import GateResource, ImageryStore
 
 
 def scene_metadata(info: dict) -> dict[str, object]:
@@ -32,6 +31,18 @@ def scene_metadata(info: dict) -> dict[str, object]:
     }
 
 
+def gate_metadata(decision: GateDecision, policy: str) -> dict[str, dg.MetadataValue]:
+    """The gate's verdict on the partition page: status, the rejecting check and why, every outcome."""
+    rejection = decision.rejection
+    return {
+        "gate_status": dg.MetadataValue.text("passed" if rejection is None else "rejected"),
+        "gate_check": dg.MetadataValue.text("" if rejection is None else rejection.name),
+        "gate_reasons": dg.MetadataValue.text("" if rejection is None else "; ".join(rejection.reasons)),
+        "gate_policy": dg.MetadataValue.text(policy),
+        "gate": dg.MetadataValue.json(decision.to_dict()),
+    }
+
+
 @dg.asset(
     partitions_def=scenes,
     group_name=GROUP,
@@ -39,33 +50,42 @@ def scene_metadata(info: dict) -> dict[str, object]:
     kinds={"rasterio", "json"},
     owners=["team:imagery"],
 )
-def source_images(context: dg.AssetExecutionContext, imagery: ImageryStore) -> dg.Output[dict]:
-    """The source image of a scene, opened with rasterio and validated.
+def source_images(
+    context: dg.AssetExecutionContext, imagery: ImageryStore, gate: GateResource
+) -> dg.Output[dict]:
+    """The source image of a scene, opened with rasterio, validated and screened.
 
     Checks that the object is a readable raster with a supported dtype and
     band count and within the pixel limits (decompression-bomb guard), then
-    records its size, bands, CRS, transform, nodata and a content fingerprint
-    (sha256 for local files, the ETag on S3). No pixels leave this step.
-    Writes `scenes/<key>/source.json`.
+    runs the content gate (area policy, blocklist, moderation, as configured).
+    A rejected scene stops here, listed as rejected with the check and the
+    reasons; no tile is planned for it. Records size, bands, CRS, transform,
+    nodata and a content fingerprint (sha256 for local files, the ETag on
+    S3). Writes `scenes/<key>/source.json`.
     """
     key = context.partition_key
     catalog_store = imagery.catalog_store()
     try:
         registered = lookup_scene(catalog_store, imagery.catalog, key)
-        store = imagery.store_for(registered.uri)
-        head = store.head(registered.uri)
-        fingerprint = store.fingerprint(registered.uri)
-        with open_raster(store, registered.uri) as ds:
-            described = describe(ds, registered.uri, key, fingerprint, head.size)
-        info = replace(described, last_modified=head.last_modified).to_dict()
+        configured = gate.load(imagery)
+        screening = screen_source(imagery.store_for(registered.uri), registered.uri, key, configured)
+        metadata = gate_metadata(screening.decision, configured.policy)
+        scene = screening.scene
+        if scene is None or not screening.decision.passed:
+            context.log.warning(f"{registered.uri}: {screening.decision.summary()}")
+            context.log_event(dg.AssetObservation(context.asset_key, partition=key, metadata=metadata))
+            raise screening.decision.error(registered.uri, configured.policy)
     except TileAssetsError as exc:
         raise scene_failure(imagery, key, "source_images", exc) from exc
+    clear_rejection(imagery, key)
+    info = scene.to_dict()
     write_json(catalog_store, imagery.scene_uri(key, "source.json"), info)
     context.log.info(
-        f"{registered.uri}: {info['width']}x{info['height']} x{info['count']} {info['dtype']}"
+        f"{registered.uri}: {info['width']}x{info['height']} x{info['count']} {info['dtype']}, "
+        f"gate {screening.decision.summary()}"
     )
     return dg.Output(
         info,
-        data_version=dg.DataVersion(fingerprint),
-        metadata=scene_metadata(info),
+        data_version=dg.DataVersion(info["fingerprint"]),
+        metadata={**scene_metadata(info), **metadata},
     )
