@@ -2,7 +2,8 @@
 
 A scene is retried when its last run failed for a reason other than a
 rejection of the image itself, or when it completed below the coverage
-threshold. Each retry waits twice as long as the one before, and after
+threshold; a scene the content gate rejected, only once the gate's policy
+has changed. Each retry waits twice as long as the one before, and after
 `MAX_ATTEMPTS` the scene is left alone (a broken image never loops forever)
 until its object changes, which the sensor picks up as a new version.
 """
@@ -14,10 +15,10 @@ import time
 import dagster as dg
 
 from tile_assets.checks import COVERAGE_THRESHOLD
-from tile_assets.core.errors import StoreError
+from tile_assets.core.errors import StoreError, TileAssetsError
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
-from tile_assets.resources import ImageryStore
+from tile_assets.resources import GateResource, ImageryStore
 
 MAX_ATTEMPTS = 3
 BASE_BACKOFF_SECONDS = 15 * 60
@@ -25,10 +26,18 @@ REJECTIONS = frozenset({"InvalidSourceError", "UnsupportedRasterError", "Rejecte
 RETRY_TAG = "tile_assets/trigger"
 
 
-def needs_retry(status: dict | None, last_run_failed: bool) -> str | None:
-    """Why a scene should be retried, or None (complete, rejected, or never run)."""
+def needs_retry(status: dict | None, last_run_failed: bool, gate_policy: str = "") -> str | None:
+    """Why a scene should be retried, or None (complete, rejected, or never run).
+
+    A scene the content gate rejected is retried only once the gate policy
+    differs from the one it was rejected under (`gate_policy`, the current one).
+    """
     if status is None:
         return "last run failed" if last_run_failed else None
+    if status.get("status") == "rejected":
+        rejected_under = status.get("policy", "")
+        changed = bool(rejected_under and gate_policy and rejected_under != gate_policy)
+        return "the gate policy changed since the rejection" if changed else None
     if status.get("status") == "failed" and status.get("error_type") not in REJECTIONS:
         return f"{status.get('stage')} failed: {status.get('reason', '')}"
     if status.get("status") == "complete" and float(status.get("coverage", 1.0)) < COVERAGE_THRESHOLD:
@@ -60,10 +69,17 @@ def _status(imagery: ImageryStore, key: str) -> dict | None:
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Relaunches failed or incomplete scenes with exponential backoff, at most 3 times per version.",
 )
-def retry_incomplete_scenes(context: dg.ScheduleEvaluationContext, imagery: ImageryStore):
+def retry_incomplete_scenes(
+    context: dg.ScheduleEvaluationContext, imagery: ImageryStore, gate: GateResource
+):
     # The tick's own time, so a late or replayed tick decides as it would have on time.
     scheduled = context.scheduled_execution_time
     now = scheduled.timestamp() if scheduled else time.time()
+    try:
+        gate_policy = gate.fingerprint(imagery)
+    except TileAssetsError as exc:
+        context.log.warning(f"gate policy unreadable, rejected scenes are not retried: {exc}")
+        gate_policy = ""
     requests = []
     for key in context.instance.get_dynamic_partitions(scenes.name):
         records = context.instance.get_run_records(
@@ -72,7 +88,7 @@ def retry_incomplete_scenes(context: dg.ScheduleEvaluationContext, imagery: Imag
         if not records or not records[0].dagster_run.is_finished:
             continue
         last = records[0].dagster_run
-        reason = needs_retry(_status(imagery, key), last.is_failure)
+        reason = needs_retry(_status(imagery, key), last.is_failure, gate_policy)
         if reason is None:
             continue
         version = last.tags.get("tile_assets/version", "")
