@@ -12,7 +12,7 @@ from tile_assets.assets.synthesis import scene_synthesis
 from tile_assets.assets.tiles import tiles
 from tile_assets.checks import findings_schema, tile_coverage
 from tile_assets.jobs import process_scene, refresh_catalog
-from tile_assets.resources import CatalogJsonIOManager, ImageryStore, TileModelResource
+from tile_assets.resources import CatalogJsonIOManager, GateResource, ImageryStore, TileModelResource
 from tile_assets.schedules import retry_incomplete_scenes
 from tile_assets.sensors import new_images_sensor
 from tile_assets.settings import S3_ENV_VARS, Settings
@@ -39,6 +39,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "imagery": imagery,
             "tile_model": TileModelResource(),
+            "gate": GateResource(),
             "io_manager": CatalogJsonIOManager(imagery=imagery),
         },
     )
