@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
@@ -39,7 +41,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "imagery": imagery,
             "tile_model": TileModelResource(),
-            "gate": GateResource(),
+            "gate": GateResource(**json.loads(settings.gate)),
             "io_manager": CatalogJsonIOManager(imagery=imagery),
         },
     )

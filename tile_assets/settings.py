@@ -32,13 +32,16 @@ class Settings:
     catalog: str
     s3_env: tuple[str, ...] = ()
     s3_use_ssl: bool = True
+    gate: str = "{}"
+    """The content gate's settings as JSON (GateResource fields); `{}` is validation only."""
 
     @classmethod
     def from_environment(cls) -> Settings:
-        """TILE_ASSETS_INBOX / TILE_ASSETS_CATALOG (default data/inbox, data/catalog) and AWS_* variables."""
+        """TILE_ASSETS_INBOX / _CATALOG (default data/inbox, data/catalog), TILE_ASSETS_GATE and AWS_*."""
         return cls(
             inbox=absolute_uri(os.environ.get("TILE_ASSETS_INBOX", "data/inbox")),
             catalog=absolute_uri(os.environ.get("TILE_ASSETS_CATALOG", "data/catalog")),
             s3_env=tuple(field for field, var in S3_ENV_VARS.items() if os.environ.get(var)),
             s3_use_ssl=not os.environ.get("AWS_ENDPOINT_URL", "https://").startswith("http://"),
+            gate=os.environ.get("TILE_ASSETS_GATE", "{}"),
         )
