@@ -39,6 +39,7 @@ from tile_assets.executors import scene_executor
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
 from tile_assets.settings import Settings
+from tile_assets_tests.deploy.two_steps import two_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy" / "postgres-celery"
@@ -56,7 +57,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def celery_scene_job() -> dg.JobDefinition:
-    """`process_scene` as every process builds it (the CLI's function), on the project's executor."""
+    """`process_scene` as every process builds it (the CLI's function), on the project's executor.
+
+    Celery workers rebuild the job through this function. Once definitions.py
+    passes `executor=scene_executor`, `scene_job` already has it and this is `scene_job`.
+    """
     return scene_job().with_executor_def(scene_executor)
 
 
@@ -327,3 +332,15 @@ def test_executor_is_chosen_by_run_config() -> None:
     for wrong in ({"celery": {"no_such_key": 1}}, {"in_process": {}, "celery": {}}, {"k8s": {}}):
         with pytest.raises(dg.DagsterInvalidConfigError):
             executor_of(wrong)
+
+
+@pytest.mark.parametrize(("execution", "processes"), [(None, 2), ({"in_process": {}}, 1)])
+def test_default_and_in_process_executors_still_run(execution: dict[str, Any] | None, processes: int) -> None:
+    """The selector builds Dagster's own executors: a process per step by default, one process in-process."""
+    run_config = {} if execution is None else {"execution": {"config": execution}}
+    with dg.instance_for_test() as instance, dg.execute_job(
+        dg.reconstructable(two_steps), instance, run_config=run_config
+    ) as result:
+        assert result.success
+        assert result.output_for_node("plus_one") == 2
+        assert len({e.pid for e in result.all_events if e.is_step_success}) == processes
