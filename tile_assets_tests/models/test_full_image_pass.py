@@ -52,12 +52,14 @@ def test_a_pixel_is_invalid_when_any_source_pixel_under_it_is() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "flags"), [("uint16", {"nodata": 0}), ("float32", {"nan": True})]
+    ("dtype", "nodata", "nan"), [("uint16", 0, False), ("float32", None, True)]
 )
 def test_nodata_and_nan_are_invalid_in_non_byte_data(
-    raster_factory: RasterFactory, dtype: str, flags: dict[str, object]
+    raster_factory: RasterFactory, dtype: str, nodata: float | None, nan: bool
 ) -> None:
-    path = raster_factory(f"{dtype}.tif", width=200, height=100, dtype=dtype, **flags)
+    path = raster_factory(
+        f"{dtype}.tif", width=200, height=100, dtype=dtype, nodata=nodata, nan=nan
+    )
     with open_raster(STORE, str(path)) as ds:
         overview = read_overview(ds, max_side=50)
     assert (overview.window.width, overview.window.height) == (50, 25)

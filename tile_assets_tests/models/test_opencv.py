@@ -82,7 +82,7 @@ def test_detectors_are_thread_safe_and_deterministic(model: TileModel, portrait:
         tile = reader.read(window, spec)
     expected = model.predict([tile])
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _: model.predict([tile]), range(8)))
+        results = list(pool.map(lambda _: model.predict([tile]), range(4)))
     assert all(r == expected for r in results)
 
 

@@ -117,6 +117,7 @@ def test_findings_round_trip_through_geoparquet(
             run.scene.crs
         )
         assert (frame["coord_space"] == "crs").all()
+        assert run.scene.bounds_wgs84 is not None
         west, south, east, north = run.scene.bounds_wgs84
         tol = 1e-6
         assert (frame["lon_min"] >= west - tol).all() and (frame["lon_max"] <= east + tol).all()
@@ -142,6 +143,7 @@ def test_stac_items_round_trip_through_pystac(
     assert item.properties["tile_assets:georeferenced"] == (name in GEOREFERENCED)
     if name in GEOREFERENCED:
         assert item.geometry is not None
+        assert item.bbox is not None and run.scene.bounds_wgs84 is not None
         np.testing.assert_allclose(item.bbox, run.scene.bounds_wgs84)
     else:
         # Plainly stated: no footprint, no projection; findings stay in pixels.
@@ -227,6 +229,7 @@ def test_notable_objects_carry_lon_lat_only_when_georeferenced(runs: dict[str, S
         has_lonlat = all("centre_lonlat" in n for n in notable)
         assert has_lonlat == (name in GEOREFERENCED), name
         if has_lonlat:
+            assert run.scene.bounds_wgs84 is not None
             west, south, east, north = run.scene.bounds_wgs84
             for n in notable:
                 lon, lat = n["centre_lonlat"]
