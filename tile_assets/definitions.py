@@ -13,6 +13,7 @@ from tile_assets.assets.scenes import source_images
 from tile_assets.assets.synthesis import scene_synthesis
 from tile_assets.assets.tiles import tiles
 from tile_assets.checks import findings_schema, tile_coverage
+from tile_assets.executors import scene_executor
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.resources import CatalogJsonIOManager, GateResource, ImageryStore, TileModelResource
 from tile_assets.schedules import retry_incomplete_scenes
@@ -38,6 +39,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             default_status=dg.DefaultSensorStatus.RUNNING,
         )],
         schedules=[retry_incomplete_scenes],
+        executor=scene_executor,
         resources={
             "imagery": imagery,
             "tile_model": TileModelResource(),
