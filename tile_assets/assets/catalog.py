@@ -15,12 +15,17 @@ from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
 
 CATALOG_AUTOMATION = (
-    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
+    (
+        dg.AutomationCondition.newly_missing()
+        | dg.AutomationCondition.any_deps_updated()
+        | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.execution_failed().newly_true())
+    )
     .since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("refresh after any scene changes")
-"""Like `eager()`, but a failed or missing scene must not hold the catalog back."""
+"""Like `eager()`, but a failed or missing scene must not hold the catalog back, and a scene
+that newly fails refreshes it too, so the catalog lists it as failed instead of leaving it out."""
 
 
 def _read_json(imagery: ImageryStore, uri: str) -> dict | None:
