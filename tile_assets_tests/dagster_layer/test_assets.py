@@ -244,3 +244,28 @@ def test_step_hand_offs_are_json_beside_the_catalog(world: World) -> None:
         if path.is_file():
             assert path.suffix == ".json", path
             json.loads(path.read_text())
+
+
+def test_catalog_automation_follows_scene_successes_and_failures(tmp_path: Path) -> None:
+    """The automation sensor's condition asks for `imagery_catalog` once per scene outcome, failed ones too."""
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    good, bad = copy_images(inbox, INBOX / "rgb-byte-tenth.tif", BAD / "all-nodata.tif")
+    defs = definitions_for(inbox, catalog)
+    target = dg.AssetKey("imagery_catalog")
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def requested() -> int:
+            nonlocal cursor
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            cursor = result.cursor
+            return result.get_num_requested(target)
+
+        keys = [register_image(instance, catalog, image) for image in (good, bad)]
+        assert requested() == 0  # registered scenes alone change nothing yet
+        assert not run_scene(defs, instance, keys[1]).success
+        assert requested() == 1  # the rejected scene must show up as failed
+        assert requested() == 0
+        assert run_scene(defs, instance, keys[0]).success
+        assert requested() == 1
+        assert requested() == 0
