@@ -223,8 +223,15 @@ class S3Store:
         return env
 
     def gdal_options(self) -> dict[str, str]:
-        """GDAL config options (no secrets) for reaching this store's endpoint."""
-        options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+        """GDAL config options (no secrets) for reaching this store's endpoint.
+
+        GDAL keeps what it fetched from `/vsis3/` (size, header, byte ranges)
+        for the life of the process, across opens: a long-lived process (CLI,
+        run worker, Celery worker) reading an object again after it was
+        overwritten got the old pixels under the new ETag. `NON_CACHED` drops
+        that cache when a dataset closes; reads within one open stay cached.
+        """
+        options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_NON_CACHED": "/vsis3/"}
         endpoint = urlparse(self._endpoint_url())
         if endpoint.hostname and not _is_aws_host(endpoint.hostname):
             options["AWS_VIRTUAL_HOSTING"] = "FALSE"
