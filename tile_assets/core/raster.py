@@ -74,6 +74,7 @@ _TRANSIENT_MARKERS = (
     "Connection reset",
     "Could not resolve host",
     "Couldn't connect",
+    "CURL error",  # network-level failures reaching /vsis3/ or /vsicurl/: connect, DNS, TLS, reset
 )
 _MISSING_MARKERS = ("No such file", "HTTP response code: 404", "does not exist")
 _COLOR_NAMES = {
