@@ -12,12 +12,14 @@ import dagster as dg
 
 from tile_assets.assets import CODE_VERSION, GROUP
 from tile_assets.core.batches import BatchPlan, plan_batches as cut_batches
+from tile_assets.core.borders import prefer_whole
 from tile_assets.core.cache import TileCache
 from tile_assets.core.catalog import findings_frame, read_parquet, write_geoparquet, write_parquet
 from tile_assets.core.errors import TileAssetsError, TransientError
 from tile_assets.core.inference import BatchReport, run_batch
 from tile_assets.core.keys import model_key
 from tile_assets.core.merge import merge_findings as merge_boxes
+from tile_assets.core.overview_pass import full_image_findings
 from tile_assets.core.tables import tile_results_frame
 from tile_assets.core.tiling import manifest_windows
 from tile_assets.core.types import GridSpec, SceneInfo
@@ -65,12 +67,22 @@ class BatchingConfig(dg.Config):
 
 
 class MergeConfig(dg.Config):
-    """How duplicates in tile overlaps are merged (SAHI's postprocess options)."""
+    """How duplicates in tile overlaps are merged (SAHI's postprocess options), and the full-image pass.
+
+    `border_aware`: a finding cut by its tile's edge gives way to the whole
+    view an overlapping tile has of the same object. `full_image_pass`: the
+    model also sees the whole scene, downsampled to at most
+    `full_image_max_side` pixels a side, and those findings are merged in
+    (objects larger than a tile).
+    """
 
     strategy: Literal["nms", "greedy_nmm", "none"] = "greedy_nmm"
     metric: Literal["iou", "ios"] = "ios"
     threshold: float = 0.5
     class_agnostic: bool = False
+    border_aware: bool = True
+    full_image_pass: bool = False
+    full_image_max_side: int = 1024
 
 
 @dg.op(out=dg.DynamicOut(dict))
@@ -130,7 +142,9 @@ def merge_findings(
     context: dg.OpExecutionContext,
     config: MergeConfig,
     imagery: ImageryStore,
+    tile_model: TileModelResource,
     source_images: dict,
+    tiles: dict,
     reports: list[dict],
 ) -> dg.Output[dict]:
     """Merge findings across tile overlaps and write findings and per-tile status tables."""
@@ -139,8 +153,29 @@ def merge_findings(
     batch_reports = [BatchReport.from_dict(r) for r in reports]
     results = [r for b in batch_reports for r in b.results]
     raw = [f for r in results for f in r.findings]
-    merged = merge_boxes(raw, config.strategy, config.metric, config.threshold, config.class_agnostic)
     store = imagery.catalog_store()
+    candidates = list(raw)
+    full_image: dict = {"enabled": config.full_image_pass}
+    if config.full_image_pass:
+        # Optional extra evidence: if it fails, the tile findings still stand.
+        try:
+            extra = full_image_findings(
+                imagery.store_for(scene.uri), scene, tile_model.load(), config.full_image_max_side
+            )
+        except TileAssetsError as exc:
+            context.log.warning(f"full-image pass failed; merging tile findings only: {exc}")
+            full_image.update(status="failed", error=str(exc))
+        else:
+            candidates += extra
+            full_image.update(status="ok", findings=len(extra))
+    if config.border_aware:
+        windows = {w.tile_id: w for w in manifest_windows(read_parquet(store, tiles["uri"]))}
+        candidates = prefer_whole(
+            candidates, windows, scene.width, scene.height, class_agnostic=config.class_agnostic
+        )
+    merged = merge_boxes(
+        candidates, config.strategy, config.metric, config.threshold, config.class_agnostic
+    )
     findings_uri = imagery.scene_uri(key, "findings.parquet")
     results_uri = imagery.scene_uri(key, "tile_results.parquet")
     write_geoparquet(store, findings_uri, findings_frame(scene, merged))
@@ -162,6 +197,7 @@ def merge_findings(
         "tiles_from_cache": sum(b.tiles_from_cache for b in batch_reports),
         "coverage": (len(results) - len(failed)) / len(results) if results else 1.0,
         "merge": config.model_dump(),
+        "full_image_pass": full_image,
         "model": reports[0]["model"] if reports else "",
         "model_version": reports[0]["model_version"] if reports else "",
     }
@@ -201,9 +237,11 @@ def tile_findings(source_images: dict, tiles: dict) -> dict:
     reads its own windows straight from the source. A tile that fails
     permanently becomes a failure row; its batch goes on. Results are cached
     per tile by (source fingerprint, window, model), so a rerun infers only
-    missing or failed tiles. Duplicates in tile overlaps are merged (greedy
-    NMM on IoS by default). Writes `findings.parquet` (GeoParquet) and
-    `tile_results.parquet`.
+    missing or failed tiles. A finding cut by a tile edge gives way to the
+    whole view an overlapping tile has; duplicates in tile overlaps are then
+    merged (greedy NMM on IoS by default), optionally together with the
+    findings of a downsampled full-image pass. Writes `findings.parquet`
+    (GeoParquet) and `tile_results.parquet`.
     """
     reports = plan_batches(tiles).map(lambda batch: infer_batch(source_images, tiles, batch))
-    return merge_findings(source_images, reports.collect())
+    return merge_findings(source_images, tiles, reports.collect())
