@@ -7,7 +7,7 @@ exactly one. Work per tick is bounded; the cursor resumes the listing.
 
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
 import dagster as dg
@@ -45,10 +45,19 @@ def scene_run_tags(change: SceneChange) -> dict[str, str]:
 
 
 def run_all(call: Callable[[T], None], args: Iterable[T]) -> None:
-    """Call `call` on every arg concurrently; an error is raised once every call has ended."""
+    """Call `call` on every arg, a few at a time; the first error cancels the calls not yet started.
+
+    With the store gone, each call would otherwise wait out its own retries
+    and keep the tick running for many minutes.
+    """
     with ThreadPoolExecutor(REGISTRY_WORKERS, thread_name_prefix="registry") as pool:
-        for _ in pool.map(call, args):
-            pass
+        futures = [pool.submit(call, arg) for arg in args]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def scene_run_request(change: SceneChange) -> dg.RunRequest:
