@@ -1,0 +1,1 @@
+"""The Dagster layer over S3, end to end against a real SeaweedFS server."""
