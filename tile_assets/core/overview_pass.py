@@ -25,7 +25,7 @@ from tile_assets.core.image import TileImage
 from tile_assets.core.models.base import TileModel
 
 # The tile reader's rule for full brightness, so overview and tiles are scaled alike.
-from tile_assets.core.raster import _scale_max, band_names, data_indexes, open_raster
+from tile_assets.core.raster import scale_max_of, band_names, data_indexes, open_raster
 from tile_assets.core.store import Store
 from tile_assets.core.types import Finding, SceneInfo, TileWindow
 
@@ -61,7 +61,7 @@ def read_overview(ds: DatasetReader, max_side: int = DEFAULT_MAX_SIDE) -> TileIm
         window=TileWindow(OVERVIEW_TILE_ID, 0, 0, 0, 0, width, height),
         data=np.ma.MaskedArray(values, mask=np.broadcast_to(invalid, values.shape).copy()),
         colorinterp=band_names(ds),
-        scale_max=_scale_max(values, ~invalid),
+        scale_max=scale_max_of(values, ~invalid),
     )
 
 

@@ -429,7 +429,7 @@ def valid_fraction(summary: MaskSummary, window: TileWindow) -> float:
     return float(cells.mean()) if cells.size else 0.0
 
 
-def _scale_max(values: np.ndarray, valid: np.ndarray) -> float:
+def scale_max_of(values: np.ndarray, valid: np.ndarray) -> float:
     if values.dtype == np.uint8:
         return 255.0
     chosen = values[:, valid]
@@ -481,7 +481,7 @@ def read_tile(ds: DatasetReader, window: TileWindow, spec: GridSpec) -> TileImag
         window=window,
         data=np.ma.MaskedArray(values, mask=np.broadcast_to(invalid, values.shape).copy()),
         colorinterp=band_names(ds),
-        scale_max=_scale_max(values, ~invalid),
+        scale_max=scale_max_of(values, ~invalid),
     )
 
 

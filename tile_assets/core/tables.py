@@ -60,6 +60,7 @@ def findings_from_frame(frame: pd.DataFrame) -> list[Finding]:
             area_px=float(row.area_px),
             model=str(row.model),
             model_version=str(row.model_version),
+            attributes=json.loads(row.attributes) if getattr(row, "attributes", "") else {},
         )
         for row in frame.itertuples(index=False)
     ]
