@@ -3,8 +3,10 @@
 Tiles overlap, so an object near a border is found by two tiles, and one
 larger than the overlap comes back as two partial boxes. `merge_findings`
 groups matching boxes greedily, highest score first (SAHI's NMS and greedy
-NMM), comparing only boxes an STRtree says are near each other so the cost
-grows about linearly with the number of findings, not quadratically.
+NMM). Everything after reading the findings runs on arrays: overlapping
+pairs come from a sweep over horizontal bands, so the cost grows about
+linearly with the number of findings, and the greedy pass settles boxes in
+rounds over the pair arrays instead of one pair at a time in Python.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from itertools import chain
 from typing import Any, get_args
 
 import numpy as np
-import shapely
 
 from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.types import Finding, MatchMetric, MergeStrategy
@@ -70,29 +71,37 @@ def merge_findings(
 
     if not findings:
         return []
-    ordered, boxes, codes = _total_order(findings)
-    left, right = _matching_pairs(boxes, None if class_agnostic else codes, metric, threshold)
-    keepers, absorbed = _greedy_groups(len(ordered), left, right)
+    order, boxes, codes = _total_order(findings)
+    owner = greedy_owners(boxes, None if class_agnostic else codes, metric, threshold)
+    keepers = np.flatnonzero(owner == np.arange(len(order)))
     log.debug(
-        "merge %s/%s@%s: %d findings, %d matching pairs, %d kept",
-        strategy,
-        metric,
-        threshold,
-        len(ordered),
-        len(left),
-        len(keepers),
+        "merge %s/%s@%s: %d findings, %d kept", strategy, metric, threshold, len(order), len(keepers)
     )
     if strategy == "nms":
-        return [ordered[k] for k in keepers]
-    return _absorb_groups(ordered, boxes, keepers, absorbed)
+        return [findings[i] for i in order[keepers].tolist()]
+    return _absorb_groups(findings, order, boxes, owner, keepers)
 
 
-def _total_order(findings: Sequence[Finding]) -> tuple[list[Finding], np.ndarray, np.ndarray]:
-    """Findings in a total order, with their boxes (n, 4) and label codes in that order.
+def greedy_owners(
+    boxes: np.ndarray, codes: np.ndarray | None, metric: MatchMetric, threshold: float
+) -> np.ndarray:
+    """The greedy grouping on arrays: for each box, the position of the keeper it goes to.
+
+    `boxes` (n, 4) are in visiting order, best first; with `codes` (n,),
+    only boxes of equal code match. Walking that order, a box not yet taken
+    is a keeper (its own owner) and takes every untaken later box matching
+    it: keepers are NMS's result, owners are greedy NMM's groups.
+    """
+    left, right = _matching_pairs(boxes, codes, metric, threshold)
+    return _owners(len(boxes), left, right)
+
+
+def _total_order(findings: Sequence[Finding]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of `findings` in a total order, with their boxes (n, 4) and label codes in that order.
 
     The order is (-score, label, box), then the remaining fields for exact
-    ties, so equal inputs in any order give equal outputs. The main sort runs
-    in numpy; only tied runs (rare) are sorted in Python.
+    ties, so equal inputs in any order give equal outputs. Only exact ties
+    (rare) are sorted in Python.
     """
     n = len(findings)
     scores = np.fromiter((f.score for f in findings), dtype=np.float64, count=n)
@@ -103,10 +112,10 @@ def _total_order(findings: Sequence[Finding]) -> tuple[list[Finding], np.ndarray
         raise TileAssetsError("merge_findings", "a finding has a non-finite score or box")
     labels = [f.label for f in findings]
     rank = {label: i for i, label in enumerate(sorted(set(labels)))}
-    codes = np.fromiter((rank[label] for label in labels), dtype=np.int64, count=n)
-    order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], codes, -scores))
+    codes = np.fromiter(map(rank.__getitem__, labels), dtype=np.int64, count=n)
+
+    order = visiting_order(scores, boxes, codes)
     scores, boxes, codes = scores[order], boxes[order], codes[order]
-    ordered = [findings[i] for i in order.tolist()]
 
     tie_next = (
         (scores[1:] == scores[:-1])
@@ -118,8 +127,29 @@ def _total_order(findings: Sequence[Finding]) -> tuple[list[Finding], np.ndarray
         edges = np.diff(np.concatenate(([0], tie_next.astype(np.int8), [0])))
         starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
         for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            ordered[start:stop] = sorted(ordered[start:stop], key=_tie_key)
-    return ordered, boxes, codes
+            run_positions = order[start:stop].tolist()
+            order[start:stop] = sorted(run_positions, key=lambda i: _tie_key(findings[i]))
+    return order, boxes, codes
+
+
+def visiting_order(scores: np.ndarray, boxes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Positions in the order greedy merging visits boxes: score (highest first), code, box.
+
+    One argsort by score; only runs of equal scores are sorted again by
+    (code, box), which is much cheaper than a full sort on six keys.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    new_score = np.concatenate(([True], ranked[1:] != ranked[:-1]))
+    if not new_score.all():
+        in_run = ~new_score
+        in_run[:-1] |= ~new_score[1:]
+        at = np.flatnonzero(in_run)
+        sub = order[at]
+        run = np.cumsum(new_score)[at]
+        b = boxes[sub]
+        order[at] = sub[np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], codes[sub], run))]
+    return order
 
 
 def _tie_key(f: Finding) -> tuple[Any, ...]:
@@ -132,105 +162,169 @@ def _tie_key(f: Finding) -> tuple[Any, ...]:
     )
 
 
+MAX_BANDS_PER_BOX = 4
+"""Band entries per box (on average) before the bands are made taller."""
+
+
+def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+    """0..c-1 for every c in `counts`, concatenated."""
+    starts = np.cumsum(counts) - counts
+    ranges: np.ndarray = np.arange(int(counts.sum())) - np.repeat(starts, counts)
+    return ranges
+
+
 def _matching_pairs(
     boxes: np.ndarray, codes: np.ndarray | None, metric: MatchMetric, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j), sorted, of boxes that match; `codes` restricts pairs to one label.
+    """Index pairs (i < j), each once, of boxes that match; with `codes`, of equal code only.
 
-    The STRtree returns only pairs whose boxes touch, so the exact metric is
-    computed on a few candidates per box instead of on all n^2 pairs.
+    Candidates come from a sweep over horizontal bands (twice the median
+    box height): every box enters each band it spans, sorted by left edge,
+    and pairs with the boxes of its band whose left edge lies before its
+    right edge, which is exactly an overlap in x. A pair is kept only in
+    the band holding the top of its intersection, so it comes out once.
+    Each code gets bands of its own, so boxes of different codes never meet.
     """
-    geoms = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
-    left, right = shapely.STRtree(geoms).query(geoms)
-    keep = left < right
+    x0, y0, x1, y1 = np.ascontiguousarray(boxes.T)
+    index = np.flatnonzero((x1 > x0) & (y1 > y0))  # zero-area boxes never match
+    if len(index) < 2:
+        return index[:0], index[:0]
+    height = max(2.0 * float(np.median(y1[index] - y0[index])), float(np.finfo(np.float64).tiny))
+    top = y0[index].min()
+    # From here on, boxes are numbered by rank of left edge.
+    by_x = index[np.argsort(x0[index])]
+    x0, y0, x1, y1 = x0[by_x], y0[by_x], x1[by_x], y1[by_x]
+    n = len(by_x)
+    ends = np.searchsorted(x0, x1)  # ranks below this start left of the right edge
+    while True:
+        first = ((y0 - top) // height).astype(np.int64)
+        spans = ((y1 - top) // height).astype(np.int64) - first + 1
+        if spans.sum() <= MAX_BANDS_PER_BOX * n:
+            break
+        height *= 2.0  # a few very tall boxes: coarser bands rather than millions of entries
     if codes is not None:
-        keep &= codes[left] == codes[right]
-    left, right = left[keep], right[keep]
+        first += codes[by_x] * (int((first + spans).max()) + 1)
 
-    a, b = boxes[left], boxes[right]
-    inter_w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    inter_h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(inter_w, 0, None) * np.clip(inter_h, 0, None)
-    sides = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None)
-    areas = sides[:, 0] * sides[:, 1]
+    key = np.repeat(first, spans) + _ragged_arange(spans)
+    key *= n
+    key += np.repeat(np.arange(n), spans)
+    key.sort()
+    entry_band, entry = np.divmod(key, n)
+    partners = np.searchsorted(key, entry_band * n + ends[entry]) - np.arange(len(key)) - 1
+    at = np.repeat(np.arange(len(key)), partners)
+    left = entry[at]
+    right = entry[at + 1 + _ragged_arange(partners)]
+    once = np.maximum(first[left], first[right]) == entry_band[at]
+    left, right = left[once], right[once]
+
+    inter_h = np.minimum(y1[left], y1[right]) - np.maximum(y0[left], y0[right])
+    overlap = inter_h > 0
+    left, right, inter_h = left[overlap], right[overlap], inter_h[overlap]
+    inter = (np.minimum(x1[left], x1[right]) - np.maximum(x0[left], x0[right])) * inter_h
+    areas = (x1 - x0) * (y1 - y0)
     area_a, area_b = areas[left], areas[right]
     denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        value = np.where(denom > 0, inter / denom, 0.0)
-    match = (inter > 0) & (value >= threshold)
-    left, right = left[match], right[match]
-    order = np.lexsort((right, left))
-    return left[order], right[order]
+    match = inter / denom >= threshold
+    left, right = by_x[left[match]], by_x[right[match]]
+    return np.minimum(left, right), np.maximum(left, right)
 
 
-def _greedy_groups(
-    n: int, left: np.ndarray, right: np.ndarray
-) -> tuple[list[int], dict[int, list[int]]]:
-    """Keepers in order, and what each keeper took: every untaken index takes its untaken matches.
+MAX_VECTOR_ROUNDS = 64
+"""Rounds of the vectorized greedy pass before the rest is settled pair by pair."""
 
-    Pairs come sorted by (left, right) with left < right, so by the time the
-    pairs of index i are reached, every index that could take i (all < i) has
-    been settled and `taken[i]` is final.
+
+def _owners(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """For each index, the keeper that takes it (itself for a keeper), given matching pairs (i < j).
+
+    Greedy in index order: an index is a keeper unless a smaller keeper
+    matches it, and then the smallest such keeper takes it. Settled in
+    rounds over the pair arrays: whatever a keeper matches is taken; an
+    index whose smaller matches are all taken is a keeper. Each round
+    settles at least the smallest open index, and real detections settle
+    in a handful of rounds; long chains of overlapping boxes finish in a
+    plain loop.
     """
-    taken = [False] * n
-    absorbed: dict[int, list[int]] = {}
-    for i, j in zip(left.tolist(), right.tolist(), strict=True):
-        if taken[i] or taken[j]:
-            continue
-        taken[j] = True
-        absorbed.setdefault(i, []).append(j)
-    return [i for i in range(n) if not taken[i]], absorbed
+    open_, keeper, taken = 0, 1, 2
+    state = np.full(n, keeper, dtype=np.int8)
+    state[right] = open_
+    lo, hi = left, right
+    for _ in range(MAX_VECTOR_ROUNDS):
+        state[hi[state[lo] == keeper]] = taken
+        still = state[hi] == open_
+        lo, hi = lo[still], hi[still]
+        if not len(lo):
+            break
+        blocked = np.zeros(n, dtype=bool)
+        blocked[hi[state[lo] == open_]] = True
+        state[(state == open_) & ~blocked] = keeper
+    else:
+        order = np.lexsort((hi, lo))
+        for i, j in zip(lo[order].tolist(), hi[order].tolist(), strict=True):
+            # Every pair (k, i) came before (i, j): i is a keeper unless one took it.
+            if state[i] == open_:
+                state[i] = keeper
+            if state[i] == keeper and state[j] == open_:
+                state[j] = taken
+        state[state == open_] = keeper
+
+    owner = np.arange(n)
+    by_keeper = state[left] == keeper
+    smallest = np.full(n, n)
+    np.minimum.at(smallest, right[by_keeper], left[by_keeper])
+    is_taken = state == taken
+    owner[is_taken] = smallest[is_taken]
+    return owner
 
 
 def _absorb_groups(
-    ordered: list[Finding],
+    findings: Sequence[Finding],
+    order: np.ndarray,
     boxes: np.ndarray,
-    keepers: list[int],
-    absorbed: dict[int, list[int]],
+    owner: np.ndarray,
+    keepers: np.ndarray,
 ) -> list[Finding]:
     """Greedy NMM: each keeper grown to the union of the boxes it took, areas summed and capped.
 
-    Union boxes and summed areas are computed for all groups at once in numpy;
-    only the groups that took something build a new `Finding`.
+    Union boxes are computed for all groups at once in numpy; only the
+    groups that took something build a new `Finding`.
     """
-    owner = np.arange(len(ordered))
-    for k, taken in absorbed.items():
-        owner[taken] = k
-    lows = np.full((len(ordered), 2), np.inf)
-    highs = np.full((len(ordered), 2), -np.inf)
-    np.minimum.at(lows, owner, boxes[:, :2])
-    np.maximum.at(highs, owner, boxes[:, 2:])
-    areas = np.bincount(
-        owner, weights=[f.area_px for f in ordered], minlength=len(ordered)
-    ).tolist()
-    unions = np.hstack([lows, highs]).tolist()
+    n = len(order)
+    union = boxes.copy()
+    for side, reduce in enumerate((np.minimum, np.minimum, np.maximum, np.maximum)):
+        reduce.at(union[:, side], owner, boxes[:, side])
+    grown = np.flatnonzero(np.bincount(owner, minlength=n) > 1)
+    # Grouped by keeper, each group in visiting order: the keeper (smallest) first.
+    by_owner = np.argsort(owner, kind="stable")
+    grouped = owner[by_owner]
+    starts = np.searchsorted(grouped, grown).tolist()
+    ends = np.searchsorted(grouped, grown, side="right").tolist()
+    members = order[by_owner].tolist()
 
-    out: list[Finding] = []
-    for k in keepers:
-        keeper = ordered[k]
-        if k not in absorbed:
-            out.append(keeper)
-            continue
-        count = 0
-        tiles: set[str] = set()
-        for f in (keeper, *(ordered[j] for j in absorbed[k])):
-            count += int(f.attributes.get(MERGED_COUNT, 1))
-            tiles.update(f.attributes.get(MERGED_TILES, (f.tile_id,) if f.tile_id else ()))
-        x0, y0, x1, y1 = unions[k]
-        out.append(
-            Finding(
-                label=keeper.label,
-                score=keeper.score,
-                box=(x0, y0, x1, y1),
-                tile_id=keeper.tile_id,
-                area_px=min(areas[k], (x1 - x0) * (y1 - y0)),
-                model=keeper.model,
-                model_version=keeper.model_version,
-                attributes={
-                    **keeper.attributes,
-                    MERGED_COUNT: count,
-                    MERGED_TILES: sorted(tiles),
-                },
-            )
+    merged: dict[int, Finding] = {}
+    for k, start, end, (x0, y0, x1, y1) in zip(
+        grown.tolist(), starts, ends, union[grown].tolist(), strict=True
+    ):
+        group = [findings[i] for i in members[start:end]]
+        count, area, tiles = 0, 0.0, set()
+        for f in group:
+            if f.attributes:
+                count += int(f.attributes.get(MERGED_COUNT, 1))
+                tiles.update(f.attributes.get(MERGED_TILES, (f.tile_id,) if f.tile_id else ()))
+            else:
+                count += 1
+                if f.tile_id:
+                    tiles.add(f.tile_id)
+            area += f.area_px
+        keeper = group[0]
+        merged[k] = Finding(
+            keeper.label,
+            keeper.score,
+            (x0, y0, x1, y1),
+            keeper.tile_id,
+            min(area, (x1 - x0) * (y1 - y0)),
+            keeper.model,
+            keeper.model_version,
+            {**keeper.attributes, MERGED_COUNT: count, MERGED_TILES: sorted(tiles)},
         )
-    return out
+    kept = zip(keepers.tolist(), order[keepers].tolist(), strict=True)
+    return [merged.get(k) or findings[i] for k, i in kept]
