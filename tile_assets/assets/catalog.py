@@ -76,6 +76,7 @@ def imagery_catalog(context: dg.AssetExecutionContext, imagery: ImageryStore) ->
     return dg.MaterializeResult(
         metadata={
             "scenes": len(keys),
+            "dagster/row_count": len(frame),
             "complete": len(items),
             "not_complete": len(others),
             "collection": dg.MetadataValue.path(collection_uri),
