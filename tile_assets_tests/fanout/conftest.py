@@ -1,12 +1,8 @@
-"""Shared set-up of the fan-out tests: a real scene in a fresh inbox and catalog, runs of `process_scene`.
-
-Run config is built by the CLI's own `run_config` from CLI flags, so the tests
-configure runs exactly as `tile-assets run` does.
-"""
+"""Shared set-up of the fan-out tests: a real scene in a fresh inbox and catalog, runs of `process_scene`."""
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,6 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 
-from tile_assets.cli import build_parser, run_config
 from tile_assets.core.keys import scene_key
 from tile_assets.core.registry import register_scene
 from tile_assets.core.store import open_store
@@ -39,20 +34,22 @@ def scene_run_config(
     model: str = FLAKY,
     tile_size: int = TILE_SIZE,
     target_steps: int = 4,
-    executor: str = "in_process",
+    executor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The run config `tile-assets run` builds for these flags."""
-    args = build_parser().parse_args(
-        [
-            "run",
-            "--tile-size", str(tile_size),
-            "--model", model,
-            "--model-params", json.dumps(dict(model_params)),
-            "--target-steps", str(target_steps),
-            "--executor", executor,
-        ]
-    )
-    return run_config(args)
+    """Run config of `process_scene`: tiling, batching, the tile model and the executor (in process by default)."""
+    return {
+        "execution": {"config": executor or {"in_process": {}}},
+        "ops": {
+            "tiles": {"config": {"tile_size": tile_size, "overlap": 0.2}},
+            "tile_findings": {"ops": {"plan_batches": {"config": {"target_steps": target_steps}}}},
+        },
+        "resources": {"tile_model": {"config": {"name": model, "params_json": json.dumps(dict(model_params))}}},
+    }
+
+
+def lab_scene_job(inbox: str, catalog: str) -> dg.JobDefinition:
+    """`process_scene` over this inbox and catalog; rebuilt by name in every step process."""
+    return build_definitions(Settings(inbox=inbox, catalog=catalog)).resolve_job_def(process_scene.name)
 
 
 @dataclass
@@ -94,13 +91,29 @@ class Lab:
         self.instance.add_dynamic_partitions("scenes", [key])
         return key
 
-    def run(self, key: str, model_params: Mapping[str, Any], **config: Any) -> dg.ExecuteInProcessResult:
-        """One `process_scene` run of partition `key`, in process, on this lab's instance."""
-        job = build_definitions(self.settings).resolve_job_def(process_scene.name)
-        return job.execute_in_process(
+    def recon_job(self) -> Any:  # dagster's ReconstructableJob, which it does not export
+        """The job as other processes rebuild it (multiprocess executor, re-execution)."""
+        return dg.build_reconstructable_job(
+            __name__,
+            lab_scene_job.__name__,
+            reconstructable_args=(str(self.inbox), str(self.catalog)),
+            # Dagster drops sys.path[0] (pytest's rootdir) when it imports the job module.
+            reconstructor_working_directory=str(REPO_ROOT),
+        )
+
+    def run(
+        self,
+        key: str,
+        model_params: Mapping[str, Any],
+        assets: Sequence[str] | None = None,
+        **config: Any,
+    ) -> dg.ExecuteInProcessResult:
+        """One `process_scene` run of partition `key` (only `assets` if given), in process."""
+        return lab_scene_job(str(self.inbox), str(self.catalog)).execute_in_process(
             run_config=scene_run_config(model_params, **config),
             instance=self.instance,
             partition_key=key,
+            asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
             raise_on_error=False,
         )
 

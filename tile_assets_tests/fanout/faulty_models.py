@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,6 +75,24 @@ class StateDir:
             return []
         return [json.loads(p.read_text()) for p in sorted(folder.iterdir())]
 
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Mark one predict call as running (a file) while the block runs."""
+        folder = self.root / "running"
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f"{os.getpid()}-{time.monotonic_ns()}"
+        marker.touch()
+        try:
+            yield
+        finally:
+            marker.unlink()
+
+    def await_running(self, count: int, timeout_s: float) -> None:
+        """Hold until `count` calls are running at once, or `timeout_s` has passed."""
+        deadline = time.monotonic() + timeout_s
+        while len(list((self.root / "running").iterdir())) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
 
 @dataclass(frozen=True)
 class FlakyModel:
@@ -81,9 +100,12 @@ class FlakyModel:
 
     `fail_tiles` raise `ModelError` on every attempt; `transient_tiles` maps a
     tile id to how many attempts raise `TransientModelError` before it
-    succeeds; `delay_s` sleeps per tile (a slow backend). Only `mark_side`
-    changes successful output, so only it is a param (enters the cache key):
-    fixing a fault must not invalidate the tiles that already succeeded.
+    succeeds; `delay_s` sleeps per tile (a slow backend); `await_peers` makes
+    each predict call hold until that many calls run at once (in any process)
+    or `await_timeout_s` passes, so concurrency, when allowed, is certain to
+    show. Only `mark_side` changes successful output, so only it is a param
+    (enters the cache key): fixing a fault must not invalidate the tiles that
+    already succeeded.
     """
 
     name: ClassVar[str] = "flaky"
@@ -93,11 +115,13 @@ class FlakyModel:
     fail_tiles: Sequence[str] = ()
     transient_tiles: dict[str, int] = field(default_factory=dict)
     delay_s: float = 0.0
+    await_peers: int = 0
+    await_timeout_s: float = 10.0
     mark_side: int = 2
 
     def __post_init__(self) -> None:
-        if self.transient_tiles and not self.state_dir:
-            raise ModelError(self.name, "transient_tiles needs a state_dir to count attempts in")
+        if (self.transient_tiles or self.await_peers) and not self.state_dir:
+            raise ModelError(self.name, "transient_tiles and await_peers need a state_dir")
 
     def params(self) -> dict[str, Any]:
         return {"mark_side": self.mark_side}
@@ -106,6 +130,10 @@ class FlakyModel:
         state = StateDir(Path(self.state_dir)) if self.state_dir else None
         start = time.monotonic()
         try:
+            if state and self.await_peers:
+                with state.running():
+                    state.await_running(self.await_peers, self.await_timeout_s)
+                    return [self._predict_tile(tile, state) for tile in tiles]
             return [self._predict_tile(tile, state) for tile in tiles]
         finally:
             if state:
