@@ -103,6 +103,15 @@ class TileModelResource(dg.ConfigurableResource):
 
     name: str = "classical"
     params_json: str = "{}"
+    predict_timeout_s: float = Field(
+        300.0,
+        description="a predict call (up to 16 tiles) running longer fails its tiles transiently, "
+        "so the step is retried; 0: no limit. A hung call's thread lingers until its process ends",
+    )
+
+    def timeout(self) -> float | None:
+        """The predict timeout in seconds, None when there is none."""
+        return self.predict_timeout_s if self.predict_timeout_s > 0 else None
 
     def load(self) -> TileModel:
         return load_model(self.name, json.loads(self.params_json))

@@ -37,25 +37,29 @@ def clear_rejection(imagery: ImageryStore, partition_key: str) -> None:
 
 
 def scene_failure(
-    imagery: ImageryStore, partition_key: str, stage: str, exc: TileAssetsError
+    imagery: ImageryStore, partition_key: str, stage: str, exc: TileAssetsError, *, retries_left: bool = True
 ) -> Exception:
     """The exception to raise for a scene that failed: retried when transient, else final.
 
     The reason is recorded in the scene's status.json so the catalog lists the
     scene as failed, with why, instead of leaving it silently missing; a
     `RejectedSceneError` is recorded as "rejected", with the check that
-    rejected it, its reasons and the gate policy's fingerprint.
+    rejected it, its reasons and the gate policy's fingerprint. A transient
+    error is returned as is for the step's retry policy, unless the step has
+    no `retries_left`: then it is recorded and final like any other.
     """
-    if isinstance(exc, TransientError):
+    transient = isinstance(exc, TransientError)
+    if transient and retries_left:
         return exc
+    reason = f"{exc.reason} (still failing on the last retry)" if transient else exc.reason
     status: dict[str, Any] = {
         "status": "failed",
         "stage": stage,
         "object": exc.obj,
         "error_type": type(exc).__name__,
-        "reason": exc.reason,
+        "reason": reason,
     }
-    description = f"{stage} failed for {exc.obj}: {exc.reason}"
+    description = f"{stage} failed for {exc.obj}: {reason}"
     if isinstance(exc, RejectedSceneError):
         rejection = {"check": exc.check, "reasons": list(exc.reasons), "policy": exc.policy}
         status |= {"status": "rejected", **rejection}

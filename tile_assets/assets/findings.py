@@ -11,11 +11,12 @@ from typing import Literal
 import dagster as dg
 
 from tile_assets.assets import CODE_VERSION, GROUP
+from tile_assets.assets.failures import scene_failure
 from tile_assets.core.batches import BatchPlan, plan_batches as cut_batches
 from tile_assets.core.borders import prefer_whole
 from tile_assets.core.cache import TileCache
 from tile_assets.core.catalog import findings_frame, read_parquet, write_geoparquet, write_parquet
-from tile_assets.core.errors import TileAssetsError, TransientError
+from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.inference import BatchReport, run_batch
 from tile_assets.core.keys import model_key
 from tile_assets.core.merge import merge_findings as merge_boxes
@@ -104,7 +105,12 @@ def infer_batch(
     tiles: dict,
     batch: dict,
 ) -> dict:
-    """Run the tile model over one batch, reading only its windows; failed tiles become rows."""
+    """Run the tile model over one batch, reading only its windows; failed tiles become rows.
+
+    Fails the scene (recorded in status.json, not retried) when the source
+    changed since `source_images` described it; transient failures are
+    retried by the policy and fail the scene once retries are exhausted.
+    """
     scene = SceneInfo.from_dict(source_images)
     plan = BatchPlan.from_dict(batch)
     model = tile_model.load()
@@ -129,11 +135,11 @@ def infer_batch(
             cache,
             final_attempt=context.retry_number >= MAX_RETRIES,
             on_progress=progress,
+            predict_timeout_s=tile_model.timeout(),
         )
-    except TransientError:
-        raise
     except TileAssetsError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        last = context.retry_number >= MAX_RETRIES
+        raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=not last) from exc
     return {**report.to_dict(), "model": model.name, "model_version": model.version}
 
 

@@ -9,7 +9,7 @@ import dagster as dg
 from PIL import Image
 
 from tile_assets.assets import CODE_VERSION, GROUP
-from tile_assets.assets.failures import record_scene_status
+from tile_assets.assets.failures import record_scene_status, scene_failure
 from tile_assets.core.catalog import (
     read_geoparquet,
     read_parquet,
@@ -17,8 +17,10 @@ from tile_assets.core.catalog import (
     write_json,
     write_stac_json,
 )
+from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.preview import render_preview
 from tile_assets.core.raster import open_raster
+from tile_assets.core.store import VersionGuard
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.tables import findings_from_frame, results_from_frame
 from tile_assets.core.types import SceneInfo
@@ -74,8 +76,13 @@ def scene_synthesis(
         model_version=tile_findings.get("model_version", ""),
     )
 
-    with open_raster(imagery.store_for(scene.uri), scene.uri) as ds:
-        png = render_preview(ds, merged)
+    source = imagery.store_for(scene.uri)
+    try:
+        with open_raster(source, scene.uri) as ds:
+            png = render_preview(ds, merged)
+        VersionGuard(source, scene.uri, scene.source_version, scene.fingerprint).check()
+    except TileAssetsError as exc:
+        raise scene_failure(imagery, key, "scene_synthesis", exc) from exc
     preview_uri = imagery.scene_uri(key, "preview.png")
     store.write_bytes(preview_uri, png, "image/png")
     synthesis_uri = imagery.scene_uri(key, "synthesis.json")

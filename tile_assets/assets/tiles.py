@@ -10,6 +10,7 @@ from tile_assets.assets.failures import scene_failure
 from tile_assets.core.catalog import write_parquet
 from tile_assets.core.errors import TileAssetsError, UnsupportedRasterError
 from tile_assets.core.raster import open_raster
+from tile_assets.core.store import VersionGuard
 from tile_assets.core.tiling import MANIFEST_COLUMNS, build_manifest, resolve_spec
 from tile_assets.core.types import SceneInfo
 from tile_assets.partitions import scenes
@@ -74,9 +75,11 @@ def tiles(
     key = context.partition_key
     scene = SceneInfo.from_dict(source_images)
     spec = resolve_spec(scene, config.tile_size, config.overlap, config.edge)
+    store = imagery.store_for(scene.uri)
     try:
-        with open_raster(imagery.store_for(scene.uri), scene.uri) as ds:
+        with open_raster(store, scene.uri) as ds:
             manifest, pruned = build_manifest(ds, scene, spec)
+        VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint).check()
         if manifest.empty:
             raise UnsupportedRasterError(scene.uri, "every pixel is nodata or transparent; nothing to analyze")
     except (TileAssetsError, ValueError) as exc:

@@ -52,6 +52,10 @@ class TransientModelError(TransientError, ModelError):
     """A model backend failed in a way that may succeed on retry (throttled API)."""
 
 
+class ModelTimeoutError(TransientModelError):
+    """A model's predict call did not return in time (hung backend, stuck native code)."""
+
+
 class RejectedSceneError(TileAssetsError):
     """The content gate turned the image away (validation, area policy, blocklist, moderation).
 

@@ -2,25 +2,28 @@
 
 A batch reads its own windows from the source, skips tiles the cache already
 holds, predicts the rest in small chunks (bounded memory), turns a tile that
-fails permanently into a failure row and goes on. Transient failures are
-either raised at the end (so the step is retried and the tiles already done
-stay cached) or, on the last attempt, recorded as failure rows.
+fails permanently into a failure row and goes on. Transient failures
+(including a predict call that outlives its timeout) are either raised at the
+end (so the step is retried and the tiles already done stay cached) or, on
+the last attempt, recorded as failure rows. Before any result of a chunk is
+kept, the source is checked to still be the version the run started on.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tile_assets.core.batches import BatchPlan
 from tile_assets.core.cache import TileCache
-from tile_assets.core.errors import TileAssetsError, TransientError
+from tile_assets.core.errors import ModelTimeoutError, TileAssetsError, TransientError
 from tile_assets.core.image import TileImage
 from tile_assets.core.models.base import TileModel, TilePrediction
 from tile_assets.core.raster import TileReader
-from tile_assets.core.store import Store
+from tile_assets.core.store import Store, VersionGuard
 from tile_assets.core.types import Finding, GridSpec, SceneInfo, TileResult, TileWindow
 
 log = logging.getLogger(__name__)
@@ -100,10 +103,43 @@ def to_scene_result(model: TileModel, tile: TileImage, prediction: TilePredictio
     )
 
 
-def _predict_isolated(model: TileModel, tiles: list[TileImage]) -> list[TileResult | BaseException]:
+def predict_within(model: TileModel, tiles: list[TileImage], timeout_s: float | None) -> list[TilePrediction]:
+    """`model.predict(tiles)`, given up on with `ModelTimeoutError` after `timeout_s` (None: no limit).
+
+    The call runs in a daemon thread. Python cannot stop a thread, so a call
+    that hangs keeps its thread (and what it holds) until the process ends:
+    with the multiprocess or Celery executor, when the step's process ends.
+    """
+    if timeout_s is None:
+        return model.predict(tiles)
+    outcome: list[list[TilePrediction] | BaseException] = []
+
+    def call() -> None:
+        try:
+            outcome.append(model.predict(tiles))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, name=f"predict-{model.name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        ids = ", ".join(t.window.tile_id for t in tiles[:5])
+        raise ModelTimeoutError(
+            model.name, f"predict on {len(tiles)} tile(s) ({ids}) did not return within {timeout_s:g} s"
+        )
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _predict_isolated(
+    model: TileModel, tiles: list[TileImage], timeout_s: float | None
+) -> list[TileResult | BaseException]:
     """Predict a chunk at once; if that raises, tile by tile so one bad tile fails alone."""
     try:
-        predictions = model.predict(tiles)
+        predictions = predict_within(model, tiles, timeout_s)
         return [to_scene_result(model, t, p) for t, p in zip(tiles, predictions, strict=True)]
     except TransientError:
         raise
@@ -112,7 +148,7 @@ def _predict_isolated(model: TileModel, tiles: list[TileImage]) -> list[TileResu
     out: list[TileResult | BaseException] = []
     for tile in tiles:
         try:
-            (prediction,) = model.predict([tile])
+            (prediction,) = predict_within(model, [tile], timeout_s)
             out.append(to_scene_result(model, tile, prediction))
         except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
             out.append(exc)
@@ -129,11 +165,17 @@ def run_batch(
     *,
     final_attempt: bool = True,
     on_progress: Progress | None = None,
+    predict_timeout_s: float | None = None,
 ) -> BatchReport:
     """Infer every tile of `plan` not already cached, isolating failures per tile.
 
     With `final_attempt=False`, transient failures raise `TransientBatchError`
     after all other tiles are done and cached, so a retry redoes only them.
+    A predict call (one chunk of up to `PREDICT_CHUNK` tiles) running longer
+    than `predict_timeout_s` is a transient failure of its tiles. Raises
+    `SourceChangedError` when the source is no longer the version `scene`
+    describes: checked before reading and after each chunk's reads, before
+    any of the chunk's results is cached.
     """
     results: dict[str, TileResult] = {}
     transient: list[tuple[TileWindow, BaseException]] = []
@@ -152,6 +194,8 @@ def run_batch(
 
     report_progress()
     if todo:
+        source = VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint)
+        source.check()
         with TileReader(store, scene.uri) as reader:
             for start in range(0, len(todo), PREDICT_CHUNK):
                 tiles: list[TileImage] = []
@@ -162,9 +206,10 @@ def run_batch(
                         transient.append((window, exc))
                     except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
                         results[window.tile_id] = failure_row(window, exc)
+                source.check()
                 if tiles:
                     try:
-                        outcomes = _predict_isolated(model, tiles)
+                        outcomes = _predict_isolated(model, tiles, predict_timeout_s)
                     except TransientError as exc:
                         transient.extend((t.window, exc) for t in tiles)
                         outcomes = []

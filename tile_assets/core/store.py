@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from tile_assets.core.errors import StoreError
+from tile_assets.core.errors import SourceChangedError, StoreError
 from tile_assets.core.types import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,40 @@ class LocalStore:
         except FileNotFoundError as exc:
             raise StoreError(uri, "no such file") from exc
         return f"sha256:{digest.hexdigest()}"
+
+
+@dataclass
+class VersionGuard:
+    """Tells whether an object is still the version a run started on, before its pixels are trusted.
+
+    Reads of one scene are spread over steps and minutes; an object
+    overwritten in between would mix two versions in one output. `check` is
+    one `head` (a stat locally, a HEAD on S3) compared with the listing
+    version recorded when the scene was described; only when that differs is
+    the content fingerprint recomputed, so a local file touched but not
+    changed still passes (and its new listing version is accepted).
+    """
+
+    store: Store
+    uri: str
+    version: str
+    """Listing version the run started on; empty: not recorded, never checked."""
+    fingerprint: str
+
+    def check(self) -> None:
+        """Raise `SourceChangedError` naming the object if it changed (or `StoreError` if it is gone)."""
+        if not self.version:
+            return
+        current = self.store.head(self.uri).etag
+        if current == self.version:
+            return
+        if self.store.fingerprint(self.uri) != self.fingerprint:
+            raise SourceChangedError(
+                self.uri,
+                f"the object changed while it was being processed (version {self.version} when the run "
+                f"started, {current} now); stopped so that no output mixes two versions",
+            )
+        self.version = current
 
 
 def _stat_etag(stat: os.stat_result) -> str:

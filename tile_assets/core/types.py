@@ -69,6 +69,10 @@ class SceneInfo(_JsonMixin):
     block_shape: tuple[int, int] | None = None
     resolution: tuple[float, float] | None = None
     last_modified: float = 0.0
+    source_version: str = ""
+    """The object's listing version when it was described (ETag on S3, size and
+    mtime locally): cheap to compare with a `Store.head` before trusting pixels
+    read later. Empty in descriptors written before it was recorded."""
 
     @property
     def georeferenced(self) -> bool:

@@ -35,5 +35,5 @@ def screen_source(store: Store, uri: str, partition_key: str, gate: Gate) -> Scr
             described = describe(ds, uri, partition_key, fingerprint, head.size)
     except (InvalidSourceError, UnsupportedRasterError) as exc:
         return Screening(None, GateDecision((validation_outcome(exc),), gate.names()))
-    scene = replace(described, last_modified=head.last_modified)
+    scene = replace(described, last_modified=head.last_modified, source_version=head.etag)
     return Screening(scene, gate.screen(scene, lambda: read_rendition(store, uri)))
