@@ -308,6 +308,13 @@ def _to_wgs84(
     return (west, south, east, north)
 
 
+def json_nodata(value: float | None) -> float | str | None:
+    """A nodata value as JSON can hold it: a number, or "nan", "inf", "-inf" (STAC's raster extension form)."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value).lower()
+
+
 def describe(
     ds: DatasetReader, uri: str, partition_key: str, fingerprint: str, size_bytes: int
 ) -> SceneInfo:
@@ -360,7 +367,7 @@ def describe(
         transform=transform,
         bounds=bounds,
         bounds_wgs84=_to_wgs84(uri, crs_obj, bounds) if crs_obj and bounds else None,
-        nodata=None if ds.nodata is None else float(ds.nodata),
+        nodata=json_nodata(None if ds.nodata is None else float(ds.nodata)),
         colorinterp=band_names(ds),
         has_alpha=len(indexes) < ds.count,
         has_internal_mask=MaskFlags.per_dataset in flags

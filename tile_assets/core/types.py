@@ -62,7 +62,8 @@ class SceneInfo(_JsonMixin):
     transform: tuple[float, ...] | None = None
     bounds: tuple[float, float, float, float] | None = None
     bounds_wgs84: tuple[float, float, float, float] | None = None
-    nodata: float | None = None
+    nodata: float | str | None = None
+    """A number, or "nan", "inf", "-inf": JSON has no non-finite numbers."""
     colorinterp: tuple[str, ...] = ()
     has_alpha: bool = False
     has_internal_mask: bool = False
