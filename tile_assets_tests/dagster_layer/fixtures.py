@@ -58,8 +58,13 @@ def register_image(instance: dg.DagsterInstance, catalog: Path, image: Path) -> 
 
 
 def run_scene(
-    defs: dg.Definitions, instance: dg.DagsterInstance, key: str, tags: dict[str, str] | None = None
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    key: str,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Run `process_scene` for one partition in process, recorded on `instance`."""
     job = defs.resolve_job_def(process_scene.name)
-    return job.execute_in_process(instance=instance, partition_key=key, tags=tags, raise_on_error=False)
+    return job.execute_in_process(
+        instance=instance, partition_key=key, tags=tags, raise_on_error=False
+    )

@@ -56,8 +56,14 @@ class Rerun:
     findings_before: gpd.GeoDataFrame
 
 
-def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dg.AssetMaterialization:
-    events = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+def materialization(
+    result: dg.ExecuteInProcessResult, asset: str
+) -> dg.AssetMaterialization:
+    events = [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(asset)
+    ]
     assert len(events) == 1, f"{asset}: {len(events)} materializations"
     return events[0].step_materialization_data.materialization
 
@@ -71,7 +77,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("assets")
     inbox, catalog = root / "inbox", root / "catalog"
     image, nodata, pending = copy_images(
-        inbox, INBOX / "RGB.byte.tif", BAD / "all-nodata.tif", INBOX / "rgb-byte-tenth.tif"
+        inbox,
+        INBOX / "RGB.byte.tif",
+        BAD / "all-nodata.tif",
+        INBOX / "rgb-byte-tenth.tif",
     )
     defs = definitions_for(inbox, catalog)
     with dg.instance_for_test() as instance:
@@ -101,7 +110,9 @@ def catalog_result(world: World) -> dg.ExecuteInProcessResult:
 def rerun(world: World, catalog_result: dg.ExecuteInProcessResult) -> Rerun:
     """Run the same partition again (after the catalog tests' fixture, so both see the first run)."""
     before = gpd.read_parquet(world.scene_file("findings.parquet"))
-    return Rerun(result=run_scene(world.defs, world.instance, world.key), findings_before=before)
+    return Rerun(
+        result=run_scene(world.defs, world.instance, world.key), findings_before=before
+    )
 
 
 def test_scene_run_succeeds_and_writes_every_file(world: World) -> None:
@@ -116,13 +127,24 @@ def test_scene_run_succeeds_and_writes_every_file(world: World) -> None:
 
 def test_source_description_and_data_version(world: World) -> None:
     source = json.loads(world.scene_file("source.json").read_text())
-    assert (source["width"], source["height"], source["count"], source["dtype"]) == (791, 718, 3, "uint8")
+    assert (source["width"], source["height"], source["count"], source["dtype"]) == (
+        791,
+        718,
+        3,
+        "uint8",
+    )
     assert source["crs"]
     expected = "sha256:" + hashlib.sha256(world.image.read_bytes()).hexdigest()
     assert source["fingerprint"] == expected
-    assert materialization(world.first, "source_images").tags["dagster/data_version"] == expected
+    assert (
+        materialization(world.first, "source_images").tags["dagster/data_version"]
+        == expected
+    )
     records = world.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_images"), asset_partitions=[world.key]), limit=1
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("source_images"), asset_partitions=[world.key]
+        ),
+        limit=1,
     ).records
     assert records[0].asset_materialization.tags["dagster/data_version"] == expected
     meta = metadata(world.first, "source_images")
@@ -133,11 +155,15 @@ def test_source_description_and_data_version(world: World) -> None:
 def test_tiles_manifest(world: World) -> None:
     manifest = pd.read_parquet(world.scene_file("tiles.parquet"))
     assert {"tile_id", "row", "col", "valid_fraction"} <= set(manifest.columns)
-    assert all(re.fullmatch(r"r\d{3}c\d{3}", tile_id) for tile_id in manifest["tile_id"])
+    assert all(
+        re.fullmatch(r"r\d{3}c\d{3}", tile_id) for tile_id in manifest["tile_id"]
+    )
     assert manifest["tile_id"].is_unique
     assert manifest["valid_fraction"].between(0, 1, inclusive="right").all()
     meta = metadata(world.first, "tiles")
-    assert meta["tile_count"] == len(manifest) == 4  # 791x718 in 512 px tiles, edges shifted inward
+    assert (
+        meta["tile_count"] == len(manifest) == 4
+    )  # 791x718 in 512 px tiles, edges shifted inward
     assert meta["tile_size"] == 512
 
 
@@ -185,16 +211,21 @@ def test_stac_item_and_preview(world: World) -> None:
 
 
 def test_asset_checks_recorded_on_instance(world: World) -> None:
-    entries = world.instance.all_logs(world.first.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    results = {
-        e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data.passed for e in entries
-    }
+    entries = world.instance.all_logs(
+        world.first.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    )
+    evaluations = [
+        e.dagster_event.asset_check_evaluation_data for e in entries if e.dagster_event
+    ]
+    results = {evaluation.check_name: evaluation.passed for evaluation in evaluations}
     assert results == {"tile_coverage": True, "findings_schema": True}
 
 
 def test_rejected_scene_records_why(world: World) -> None:
     assert not world.rejected.success
-    status = json.loads((world.catalog / "scenes" / world.nodata_key / "status.json").read_text())
+    status = json.loads(
+        (world.catalog / "scenes" / world.nodata_key / "status.json").read_text()
+    )
     assert status["status"] == "failed"
     assert status["stage"] == "tiles"
     assert status["error_type"] == "UnsupportedRasterError"
@@ -204,15 +235,25 @@ def test_rejected_scene_records_why(world: World) -> None:
     assert [e.step_key for e in failures] == ["tiles"]
 
 
-def test_catalog_lists_every_partition(world: World, catalog_result: dg.ExecuteInProcessResult) -> None:
+def test_catalog_lists_every_partition(
+    world: World, catalog_result: dg.ExecuteInProcessResult
+) -> None:
     assert catalog_result.success
-    collection = pystac.Collection.from_dict(json.loads((world.catalog / "collection.json").read_text()))
+    collection = pystac.Collection.from_dict(
+        json.loads((world.catalog / "collection.json").read_text())
+    )
     item_links = [link for link in collection.links if link.rel == "item"]
     assert [link.href for link in item_links] == [str(world.scene_file("item.json"))]
     table = gpd.read_parquet(world.catalog / "scenes.parquet")
-    assert sorted(table["id"]) == sorted([world.key, world.nodata_key, world.pending_key])
+    assert sorted(table["id"]) == sorted(
+        [world.key, world.nodata_key, world.pending_key]
+    )
     status = dict(zip(table["id"], table["status"], strict=True))
-    assert status == {world.key: "complete", world.nodata_key: "failed", world.pending_key: "pending"}
+    assert status == {
+        world.key: "complete",
+        world.nodata_key: "failed",
+        world.pending_key: "pending",
+    }
     row = table.set_index("id").loc[world.key]
     assert row.geometry is not None and row.geometry.is_valid
     assert row["coverage"] == 1.0
@@ -228,7 +269,9 @@ def test_rerun_reads_every_tile_from_cache(world: World, rerun: Rerun) -> None:
     assert meta["tiles_from_cache"] == tiles == 4
     assert meta["tiles_inferred"] == 0
     after = gpd.read_parquet(world.scene_file("findings.parquet"))
-    pd.testing.assert_frame_equal(pd.DataFrame(after), pd.DataFrame(rerun.findings_before))
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(after), pd.DataFrame(rerun.findings_before)
+    )
 
 
 def test_step_hand_offs_are_json_beside_the_catalog(world: World) -> None:
@@ -237,16 +280,26 @@ def test_step_hand_offs_are_json_beside_the_catalog(world: World) -> None:
     assets = {p.parent.name for p in (root / "assets").rglob(f"{world.key}.json")}
     assert assets == {"source_images", "tiles", "tile_findings", "scene_synthesis"}
     run_dir = root / "runs" / world.first.run_id
-    planned = {p.stem for p in (run_dir / "tile_findings.plan_batches" / "result").glob("*.json")}
-    inferred = {p.parent.name for p in run_dir.glob("tile_findings.infer_batch[[]*[]]/result.json")}
-    assert planned and inferred == {f"tile_findings.infer_batch[{batch}]" for batch in planned}
+    planned = {
+        p.stem
+        for p in (run_dir / "tile_findings.plan_batches" / "result").glob("*.json")
+    }
+    inferred = {
+        p.parent.name
+        for p in run_dir.glob("tile_findings.infer_batch[[]*[]]/result.json")
+    }
+    assert planned and inferred == {
+        f"tile_findings.infer_batch[{batch}]" for batch in planned
+    }
     for path in root.rglob("*"):
         if path.is_file():
             assert path.suffix == ".json", path
             json.loads(path.read_text())
 
 
-def test_catalog_automation_follows_scene_successes_and_failures(tmp_path: Path) -> None:
+def test_catalog_automation_follows_scene_successes_and_failures(
+    tmp_path: Path,
+) -> None:
     """The automation sensor's condition asks for `imagery_catalog` once per scene outcome, failed ones too."""
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     good, bad = copy_images(inbox, INBOX / "rgb-byte-tenth.tif", BAD / "all-nodata.tif")
@@ -257,7 +310,9 @@ def test_catalog_automation_follows_scene_successes_and_failures(tmp_path: Path)
 
         def requested() -> int:
             nonlocal cursor
-            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            result = dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, cursor=cursor
+            )
             cursor = result.cursor
             return result.get_num_requested(target)
 

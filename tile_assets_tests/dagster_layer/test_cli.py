@@ -23,7 +23,12 @@ from tile_assets import cli
 from tile_assets.core.keys import scene_key
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
-from tile_assets_tests.dagster_layer.fixtures import BAD, INBOX, SCENE_FILES, copy_images
+from tile_assets_tests.dagster_layer.fixtures import (
+    BAD,
+    INBOX,
+    SCENE_FILES,
+    copy_images,
+)
 
 GOOD = ("rgb-byte-tenth.tif", "colorado_aerial_cl1.tif", "page_text.png")
 CLI_TIMEOUT_S = 300
@@ -76,7 +81,9 @@ def assert_complete(run: CliRun, name: str) -> None:
     assert run.status(name)["status"] == "complete"
     findings = gpd.read_parquet(folder / "findings.parquet")
     synthesis = json.loads((folder / "synthesis.json").read_text())
-    assert synthesis["counts_by_label"] == findings["label"].value_counts().to_dict(), name
+    assert synthesis["counts_by_label"] == findings["label"].value_counts().to_dict(), (
+        name
+    )
     assert synthesis["total_findings"] == len(findings) > 0, name
 
 
@@ -103,7 +110,9 @@ def test_run_builds_the_catalog(good_run: CliRun, instance: dg.DagsterInstance) 
         assert_complete(good_run, name)
         assert good_run.key(name) in good_run.output
     collection = json.loads((good_run.catalog / "collection.json").read_text())
-    assert len([link for link in collection["links"] if link["rel"] == "item"]) == len(GOOD)
+    assert len([link for link in collection["links"] if link["rel"] == "item"]) == len(
+        GOOD
+    )
     table = gpd.read_parquet(good_run.catalog / "scenes.parquet")
     assert sorted(table["id"]) == sorted(good_run.key(name) for name in GOOD)
     assert set(table["status"]) == {"complete"}
@@ -113,7 +122,9 @@ def test_run_builds_the_catalog(good_run: CliRun, instance: dg.DagsterInstance) 
     runs = scene_runs(instance)
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(keys)
     assert all(r.is_success and r.tags["tile_assets/trigger"] == "cli" for r in runs)
-    [catalog_run] = instance.get_runs(filters=dg.RunsFilter(job_name=refresh_catalog.name))
+    [catalog_run] = instance.get_runs(
+        filters=dg.RunsFilter(job_name=refresh_catalog.name)
+    )
     assert catalog_run.is_success
 
 
@@ -122,7 +133,12 @@ def test_run_with_bad_images(
 ) -> None:
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     good = GOOD[:2]
-    copy_images(inbox, *(INBOX / name for name in good), BAD / "corrupt.tif", BAD / "all-nodata.tif")
+    copy_images(
+        inbox,
+        *(INBOX / name for name in good),
+        BAD / "corrupt.tif",
+        BAD / "all-nodata.tif",
+    )
     code = cli.main(["run", str(inbox), "--catalog", str(catalog)])
     printed = capsys.readouterr().out
     run = CliRun(inbox, catalog, code, printed)
@@ -149,7 +165,10 @@ def test_run_with_bad_images(
 
 
 def test_resume_completes_a_failed_run_from_any_shell(
-    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A scene run that failed on a corrupt image completes on resume once the image is replaced.
 
@@ -163,7 +182,10 @@ def test_resume_completes_a_failed_run_from_any_shell(
     assert parent.is_failure
     key = parent.tags["dagster/partition"]
     assert key == scene_key(str(image))
-    assert json.loads((catalog / "scenes" / key / "status.json").read_text())["status"] == "failed"
+    assert (
+        json.loads((catalog / "scenes" / key / "status.json").read_text())["status"]
+        == "failed"
+    )
 
     copy_images(tmp_path / "fixed", INBOX / "rgb-byte-tenth.tif")[0].replace(image)
     monkeypatch.delenv("TILE_ASSETS_INBOX")
@@ -184,21 +206,31 @@ def test_resume_completes_a_failed_run_from_any_shell(
     folder = catalog / "scenes" / key
     assert json.loads((folder / "status.json").read_text())["status"] == "complete"
     assert all((folder / name).is_file() for name in SCENE_FILES)
-    assert list(elsewhere.iterdir()) == []  # nothing went to a default catalog under the working directory
+    assert (
+        list(elsewhere.iterdir()) == []
+    )  # nothing went to a default catalog under the working directory
 
 
 def test_resume_unknown_run(dagster_home: Path) -> None:
     assert cli.main(["resume", "00000000-0000-0000-0000-000000000000"]) == 2
 
 
-def test_summary_never_cuts_scene_keys(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_never_cuts_scene_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """On a narrow terminal (or a CI log, 80 columns) long keys wrap instead of ending in "…"."""
     monkeypatch.setenv("COLUMNS", "60")
     monkeypatch.setenv("DAGSTER_HOME", "/nonexistent")
     key = scene_key("/inbox/a_rather_long_scene_file_name_from_a_drone_survey_2024.tif")
-    outcome = cli.SceneOutcome(key=key, uri="/inbox/x.tif", run_id="r", success=False, reason="x " * 40)
+    outcome = cli.SceneOutcome(
+        key=key, uri="/inbox/x.tif", run_id="r", success=False, reason="x " * 40
+    )
     cli.print_summary([outcome], "/catalog")
     printed = capsys.readouterr().out
     assert "…" not in printed
-    cells = "".join(line.split("│")[1].strip() for line in printed.splitlines() if line.startswith("│"))
+    cells = "".join(
+        line.split("│")[1].strip()
+        for line in printed.splitlines()
+        if line.startswith("│")
+    )
     assert key in cells

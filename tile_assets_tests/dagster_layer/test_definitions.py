@@ -15,7 +15,13 @@ from tile_assets.partitions import scenes
 from tile_assets_tests.dagster_layer.fixtures import definitions_for
 
 CORE = Path(__file__).resolve().parent.parent.parent / "tile_assets" / "core"
-ASSETS = ("source_images", "tiles", "tile_findings", "scene_synthesis", "imagery_catalog")
+ASSETS = (
+    "source_images",
+    "tiles",
+    "tile_findings",
+    "scene_synthesis",
+    "imagery_catalog",
+)
 PER_SCENE = ASSETS[:-1]
 
 
@@ -75,7 +81,9 @@ def test_dependencies(specs: dict[str, dg.AssetSpec]) -> None:
     assert deps("imagery_catalog") == {"scene_synthesis"}
 
 
-def test_catalog_refreshes_by_automation(defs: dg.Definitions, specs: dict[str, dg.AssetSpec]) -> None:
+def test_catalog_refreshes_by_automation(
+    defs: dg.Definitions, specs: dict[str, dg.AssetSpec]
+) -> None:
     assert specs["imagery_catalog"].automation_condition is not None
     automation = defs.resolve_sensor_def("catalog_automation")
     assert isinstance(automation, dg.AutomationConditionSensorDefinition)
@@ -84,7 +92,10 @@ def test_catalog_refreshes_by_automation(defs: dg.Definitions, specs: dict[str, 
 
 def test_sensor_schedule_and_jobs(defs: dg.Definitions) -> None:
     sensor = defs.resolve_sensor_def("new_images_sensor")
-    assert {job.name for job in sensor.jobs} == {process_scene.name, refresh_catalog.name}
+    assert {job.name for job in sensor.jobs} == {
+        process_scene.name,
+        refresh_catalog.name,
+    }
     schedule = defs.resolve_schedule_def("retry_incomplete_scenes")
     assert schedule.job_name == process_scene.name
     scene_job = defs.resolve_job_def(process_scene.name)
@@ -132,7 +143,9 @@ def test_core_never_imports_dagster() -> None:
     sources = sorted(CORE.rglob("*.py"))
     assert len(sources) > 10
     offenders = {
-        str(path.relative_to(CORE)): sorted(m for m in _imported_modules(path) if m.split(".")[0].startswith("dagster"))
+        str(path.relative_to(CORE)): sorted(
+            m for m in _imported_modules(path) if m.split(".")[0].startswith("dagster")
+        )
         for path in sources
     }
     assert {k: v for k, v in offenders.items() if v} == {}

@@ -22,7 +22,14 @@ from tile_assets.schedules import (
     retry_due,
     retry_incomplete_scenes,
 )
-from tile_assets_tests.dagster_layer.fixtures import BAD, INBOX, copy_images, definitions_for, register_image, run_scene
+from tile_assets_tests.dagster_layer.fixtures import (
+    BAD,
+    INBOX,
+    copy_images,
+    definitions_for,
+    register_image,
+    run_scene,
+)
 
 MINUTE = dt.timedelta(minutes=1)
 
@@ -42,7 +49,9 @@ class Scenes:
 
     def tick(self, at: dt.datetime) -> list[dg.RunRequest]:
         with dg.build_schedule_context(
-            instance=self.instance, resources=self.defs.resources, scheduled_execution_time=at
+            instance=self.instance,
+            resources=self.defs.resources,
+            scheduled_execution_time=at,
         ) as context:
             result = retry_incomplete_scenes(context)
         if isinstance(result, dg.SkipReason):
@@ -52,7 +61,9 @@ class Scenes:
     def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         """Run a retry request as the daemon would: its partition and tags."""
         assert request.partition_key is not None
-        return run_scene(self.defs, self.instance, request.partition_key, tags=dict(request.tags))
+        return run_scene(
+            self.defs, self.instance, request.partition_key, tags=dict(request.tags)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +71,33 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenes]:
     root = tmp_path_factory.mktemp("schedule")
     inbox, catalog = root / "inbox", root / "catalog"
     missing, nodata, good, never = copy_images(
-        inbox, INBOX / "colorado_aerial_cl1.tif", BAD / "all-nodata.tif", INBOX / "rgb-byte-tenth.tif",
+        inbox,
+        INBOX / "colorado_aerial_cl1.tif",
+        BAD / "all-nodata.tif",
+        INBOX / "rgb-byte-tenth.tif",
         INBOX / "page_text.png",
     )
     defs = definitions_for(inbox, catalog)
     with dg.instance_for_test() as instance:
-        keys = [register_image(instance, catalog, image) for image in (missing, nodata, good, never)]
+        missing_key, rejected, complete, never_run = (
+            register_image(instance, catalog, image)
+            for image in (missing, nodata, good, never)
+        )
         missing.unlink()
-        outcomes = [run_scene(defs, instance, key).success for key in keys[:3]]
+        outcomes = [
+            run_scene(defs, instance, key).success
+            for key in (missing_key, rejected, complete)
+        ]
         assert outcomes == [False, False, True]
-        yield Scenes(instance, defs, *keys, start=dt.datetime.now(dt.timezone.utc))
+        yield Scenes(
+            instance,
+            defs,
+            missing=missing_key,
+            rejected=rejected,
+            complete=complete,
+            never_run=never_run,
+            start=dt.datetime.now(dt.UTC),
+        )
 
 
 def test_only_the_failed_scene_is_retried(scenes: Scenes) -> None:
@@ -98,11 +126,25 @@ def test_retries_back_off_and_stop(scenes: Scenes) -> None:
 
 
 def test_needs_retry() -> None:
-    failed = {"status": "failed", "stage": "tiles", "error_type": "RasterReadError", "reason": "bad block"}
+    failed = {
+        "status": "failed",
+        "stage": "tiles",
+        "error_type": "RasterReadError",
+        "reason": "bad block",
+    }
     assert needs_retry(failed, last_run_failed=True) == "tiles failed: bad block"
-    for rejection in ("InvalidSourceError", "UnsupportedRasterError", "RejectedSceneError"):
-        assert needs_retry({**failed, "error_type": rejection}, last_run_failed=True) is None
-    assert needs_retry(None, last_run_failed=True) == "last run failed"  # transient: no status written
+    for rejection in (
+        "InvalidSourceError",
+        "UnsupportedRasterError",
+        "RejectedSceneError",
+    ):
+        assert (
+            needs_retry({**failed, "error_type": rejection}, last_run_failed=True)
+            is None
+        )
+    assert (
+        needs_retry(None, last_run_failed=True) == "last run failed"
+    )  # transient: no status written
     assert needs_retry(None, last_run_failed=False) is None
     complete = {"status": "complete", "coverage": 1.0}
     assert needs_retry(complete, last_run_failed=False) is None

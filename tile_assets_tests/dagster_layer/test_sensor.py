@@ -41,10 +41,14 @@ class Inbox:
         assert isinstance(result, dg.SensorResult), result
         for request in result.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
-                self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+                self.instance.add_dynamic_partitions(
+                    request.partitions_def_name, request.partition_keys
+                )
             else:
                 for key in request.partition_keys:
-                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
+                    self.instance.delete_dynamic_partition(
+                        request.partitions_def_name, key
+                    )
         self.cursor = result.cursor
         return result
 
@@ -70,7 +74,12 @@ def inbox(tmp_path: Path) -> Iterator[Inbox]:
     (folder / "notes.txt").write_text("not an image")
     (folder / "empty.tif").touch()
     with dg.instance_for_test() as instance:
-        yield Inbox(folder, tmp_path / "catalog", instance, definitions_for(folder, tmp_path / "catalog"))
+        yield Inbox(
+            folder,
+            tmp_path / "catalog",
+            instance,
+            definitions_for(folder, tmp_path / "catalog"),
+        )
 
 
 def scene_requests(result: dg.SensorResult) -> list[dg.RunRequest]:
@@ -116,7 +125,10 @@ def test_relisted_and_touched_images_start_no_run(inbox: Inbox) -> None:
     second = inbox.tick()
     assert not second.run_requests and not second.dynamic_partitions_requests
     stat = (inbox.folder / IMAGES[0]).stat()
-    os.utime(inbox.folder / IMAGES[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    os.utime(
+        inbox.folder / IMAGES[0],
+        ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000),
+    )
     touched = inbox.tick()
     assert not touched.run_requests and not touched.dynamic_partitions_requests
 
@@ -124,7 +136,9 @@ def test_relisted_and_touched_images_start_no_run(inbox: Inbox) -> None:
 def test_changed_bytes_start_exactly_one_new_run(inbox: Inbox) -> None:
     first = {r.partition_key: r.run_key for r in scene_requests(inbox.tick())}
     target = inbox.folder / IMAGES[0]
-    shutil.copyfile(INBOX / "RGB.byte.tif", target)  # a different image under the same name
+    shutil.copyfile(
+        INBOX / "RGB.byte.tif", target
+    )  # a different image under the same name
     changed = inbox.tick()
     [request] = scene_requests(changed)
     key = inbox.key(IMAGES[0])
@@ -132,16 +146,25 @@ def test_changed_bytes_start_exactly_one_new_run(inbox: Inbox) -> None:
     assert request.run_key != first[key]
     assert version_of(request.run_key) != version_of(first[key])
     assert not added_keys(changed)  # the partition exists already
-    assert lookup_scene(LocalStore(), str(inbox.catalog), key).size == target.stat().st_size
+    assert (
+        lookup_scene(LocalStore(), str(inbox.catalog), key).size
+        == target.stat().st_size
+    )
     assert not inbox.tick().run_requests
 
 
-def test_deleted_image_removes_its_partition_and_refreshes_the_catalog(inbox: Inbox) -> None:
+def test_deleted_image_removes_its_partition_and_refreshes_the_catalog(
+    inbox: Inbox,
+) -> None:
     inbox.tick()
     gone = inbox.key(IMAGES[1])
     (inbox.folder / IMAGES[1]).unlink()
     result = inbox.tick()
-    deletes = [r for r in result.dynamic_partitions_requests or [] if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
+    deletes = [
+        r
+        for r in result.dynamic_partitions_requests or []
+        if isinstance(r, dg.DeleteDynamicPartitionsRequest)
+    ]
     assert [list(r.partition_keys) for r in deletes] == [[gone]]
     [refresh] = result.run_requests or []
     assert refresh.job_name == refresh_catalog.name
@@ -150,7 +173,9 @@ def test_deleted_image_removes_its_partition_and_refreshes_the_catalog(inbox: In
     assert not inbox.tick().run_requests
 
 
-def test_bounded_ticks_see_each_image_once(inbox: Inbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bounded_ticks_see_each_image_once(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     copy_images(inbox.folder, *(INBOX / name for name in MORE_IMAGES))
     monkeypatch.setattr(tile_assets.sensors, "MAX_OBJECTS_PER_TICK", 2)
     images = (*IMAGES, *MORE_IMAGES)
@@ -171,7 +196,9 @@ def test_missing_inbox_skips_and_keeps_the_cursor(inbox: Inbox) -> None:
     inbox.tick()
     cursor = inbox.cursor
     shutil.rmtree(inbox.folder)
-    with dg.build_sensor_context(instance=inbox.instance, cursor=cursor, resources=inbox.defs.resources) as context:
+    with dg.build_sensor_context(
+        instance=inbox.instance, cursor=cursor, resources=inbox.defs.resources
+    ) as context:
         result = new_images_sensor(context)
     assert isinstance(result, dg.SkipReason)
     assert "folder does not exist" in (result.skip_message or "")
