@@ -22,7 +22,10 @@ from tile_assets.resources import GateResource, ImageryStore
 
 MAX_ATTEMPTS = 3
 BASE_BACKOFF_SECONDS = 15 * 60
-REJECTIONS = frozenset({"InvalidSourceError", "UnsupportedRasterError", "RejectedSceneError"})
+REJECTIONS = frozenset(
+    {"InvalidSourceError", "UnsupportedRasterError", "RasterReadError", "RejectedSceneError"}
+)
+"""Errors that are facts about the image version: retrying cannot help until it changes."""
 RETRY_TAG = "tile_assets/trigger"
 
 
