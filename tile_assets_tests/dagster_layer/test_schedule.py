@@ -129,13 +129,14 @@ def test_needs_retry() -> None:
     failed = {
         "status": "failed",
         "stage": "tiles",
-        "error_type": "RasterReadError",
-        "reason": "bad block",
+        "error_type": "StoreError",
+        "reason": "access denied",
     }
-    assert needs_retry(failed, last_run_failed=True) == "tiles failed: bad block"
+    assert needs_retry(failed, last_run_failed=True) == "tiles failed: access denied"
     for rejection in (
         "InvalidSourceError",
         "UnsupportedRasterError",
+        "RasterReadError",
         "RejectedSceneError",
     ):
         assert (
