@@ -16,12 +16,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, FloatRect, Page, expect, sync_playwright
+from playwright.sync_api import (
+    BrowserContext,
+    FloatRect,
+    Page,
+    ViewportSize,
+    expect,
+    sync_playwright,
+)
 
 from tile_assets.cli import main as cli_main
 
@@ -41,7 +48,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 10.0
 UI_TIMEOUT_MS = 60_000
@@ -185,7 +192,9 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browse
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Keep each phase's report on the test item, so `page` knows whether its test failed."""
     report = yield
     setattr(item, f"report_{report.when}", report)
@@ -205,9 +214,11 @@ def page(request: pytest.FixtureRequest, browser_context: BrowserContext, dagste
         tab.close()
 
 
-def screenshot(page: Page, name: str, *, full_page: bool = False, clip: FloatRect | None = None) -> Path:
+def screenshot(
+    page: Page, name: str, *, full_page: bool = False, clip: FloatRect | None = None, style: str | None = None
+) -> Path:
     """Save a screenshot under test-artifacts/ui/ (gitignored) and return its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page, clip=clip)
+    page.screenshot(path=str(path), full_page=full_page, clip=clip, style=style)
     return path

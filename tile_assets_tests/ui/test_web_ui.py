@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 from PIL import Image
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import BrowserContext, Locator, Page, ViewportSize, expect
 
 from tile_assets.assets import GROUP
 from tile_assets.assets.catalog import imagery_catalog
@@ -40,15 +40,18 @@ SMALL = "rgb-byte-tenth.tif"
 RUN_TIMEOUT_S = 240.0
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 SENSOR_TICK_TIMEOUT_MS = 90_000
-GRAPH_VIEWPORT = {"width": 1800, "height": 800}
+GRAPH_VIEWPORT: ViewportSize = {"width": 1800, "height": 800}
 SCREENSHOT_MARGIN = 24.0
 NODE_EDGE_TOLERANCE = 20.0
 """Graph units between an edge's end and the node side it attaches to."""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def graphql_run(dagster_ui: DagsterUi, ui_catalog: UiCatalog) -> str:
-    """One scene partition launched through the GraphQL API, first, so it runs while pages are checked."""
+def graphql_run(browser_context: BrowserContext, dagster_ui: DagsterUi, ui_catalog: UiCatalog) -> str:
+    """One scene partition launched through the GraphQL API, first, so it runs while pages are checked.
+
+    Asks for the browser first, so that without Chromium the module skips before starting anything.
+    """
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_ui.port)
     return client.submit_job_execution(
         process_scene.name,
@@ -127,7 +130,12 @@ def test_asset_graph_shows_the_five_assets_and_their_lineage(page: Page, dagster
     top = min(b["y"] for b in boxes if b) - SCREENSHOT_MARGIN
     right = max(b["x"] + b["width"] for b in boxes if b) + SCREENSHOT_MARGIN
     bottom = max(b["y"] + b["height"] for b in boxes if b) + SCREENSHOT_MARGIN
-    screenshot(page, "asset-graph", clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
+    screenshot(
+        page,
+        "asset-graph",
+        clip={"x": left, "y": top, "width": right - left, "height": bottom - top},
+        style="#zoom-slider-container { visibility: hidden; }",
+    )
 
 
 def test_asset_pages_show_columns_kinds_and_owners(page: Page, dagster_ui: DagsterUi) -> None:
