@@ -100,11 +100,14 @@ def run_config(args: argparse.Namespace) -> dict:
 
 
 def discover(store: Store, inbox: str) -> list[SceneChange]:
-    """Every image under the inbox, with its partition key and version."""
+    """Every image under the inbox, with its partition key and version; says which objects it skips and why."""
     changes = []
     for obj in store.list(inbox):
-        if ignore_reason(obj) is None:
+        reason = ignore_reason(obj)
+        if reason is None:
             changes.append(SceneChange(scene_key(obj.uri), obj, object_version(store, obj), is_new=True))
+        elif reason != "folder marker":
+            console.print(f"[yellow]skipped[/yellow] {escape(obj.uri)}: {reason}")
     return changes
 
 
