@@ -112,7 +112,23 @@ def infer_batch(
     retried by the policy and fail the scene once retries are exhausted.
     """
     scene = SceneInfo.from_dict(source_images)
-    plan = BatchPlan.from_dict(batch)
+    last = context.retry_number >= MAX_RETRIES
+    try:
+        return infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan.from_dict(batch), last)
+    except TileAssetsError as exc:
+        raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=not last) from exc
+
+
+def infer_plan(
+    context: dg.OpExecutionContext,
+    imagery: ImageryStore,
+    tile_model: TileModelResource,
+    scene: SceneInfo,
+    tiles: dict,
+    plan: BatchPlan,
+    final_attempt: bool,
+) -> dict:
+    """One batch through the model and the scene's tile cache, with per-tile progress in the run's log."""
     model = tile_model.load()
     cache = TileCache(
         imagery.catalog_store(),
@@ -125,21 +141,17 @@ def infer_batch(
     def progress(done: int, failed: int, total: int) -> None:
         context.log.info(f"batch {plan.batch_id}: {done}/{total} tiles done, {failed} failed")
 
-    try:
-        report = run_batch(
-            imagery.store_for(scene.uri),
-            scene,
-            plan,
-            GridSpec.from_dict(tiles["spec"]),
-            model,
-            cache,
-            final_attempt=context.retry_number >= MAX_RETRIES,
-            on_progress=progress,
-            predict_timeout_s=tile_model.timeout(),
-        )
-    except TileAssetsError as exc:
-        last = context.retry_number >= MAX_RETRIES
-        raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=not last) from exc
+    report = run_batch(
+        imagery.store_for(scene.uri),
+        scene,
+        plan,
+        GridSpec.from_dict(tiles["spec"]),
+        model,
+        cache,
+        final_attempt=final_attempt,
+        on_progress=progress,
+        predict_timeout_s=tile_model.timeout(),
+    )
     return {**report.to_dict(), "model": model.name, "model_version": model.version}
 
 
@@ -153,13 +165,32 @@ def merge_findings(
     tiles: dict,
     reports: list[dict],
 ) -> dg.Output[dict]:
-    """Merge findings across tile overlaps and write findings and per-tile status tables."""
+    """Merge findings across tile overlaps and write findings and per-tile status tables.
+
+    Every planned tile must have a result. A re-execution from failure of a
+    killed run does not re-plan the batches that never started (Dagster
+    re-runs only steps the parent logged), so tiles without a report are
+    inferred here, through the same cache, rather than silently left out.
+    """
     key = source_images["partition_key"]
     scene = SceneInfo.from_dict(source_images)
+    store = imagery.catalog_store()
+    windows = manifest_windows(read_parquet(store, tiles["uri"]))
+    reported = {r["tile_id"] for report in reports for r in report["results"]}
+    lost = tuple(w for w in windows if w.tile_id not in reported)
+    if lost:
+        context.log.warning(
+            f"{len(lost)} tile(s) have no batch report (batches that never started in a killed "
+            "parent run); inferring them in this step"
+        )
+        try:
+            recovered = infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan("recovered", lost), True)
+        except TileAssetsError as exc:
+            raise scene_failure(imagery, key, "tile_findings", exc, retries_left=False) from exc
+        reports = [*reports, recovered]
     batch_reports = [BatchReport.from_dict(r) for r in reports]
     results = [r for b in batch_reports for r in b.results]
     raw = [f for r in results for f in r.findings]
-    store = imagery.catalog_store()
     candidates = list(raw)
     full_image: dict = {"enabled": config.full_image_pass}
     if config.full_image_pass:
@@ -175,9 +206,9 @@ def merge_findings(
             candidates += extra
             full_image.update(status="ok", findings=len(extra))
     if config.border_aware:
-        windows = {w.tile_id: w for w in manifest_windows(read_parquet(store, tiles["uri"]))}
         candidates = prefer_whole(
-            candidates, windows, scene.width, scene.height, class_agnostic=config.class_agnostic
+            candidates, {w.tile_id: w for w in windows}, scene.width, scene.height,
+            class_agnostic=config.class_agnostic,
         )
     merged = merge_boxes(
         candidates, config.strategy, config.metric, config.threshold, config.class_agnostic
@@ -219,6 +250,7 @@ def merge_findings(
             "counts_by_label": dg.MetadataValue.json(summary["counts_by_label"]),
             "tiles_inferred": summary["tiles_inferred"],
             "tiles_from_cache": summary["tiles_from_cache"],
+            "tiles_recovered": len(lost),
             "tiles_failed": summary["tiles_failed"],
             "coverage": round(summary["coverage"], 4),
             "findings_path": dg.MetadataValue.path(findings_uri),
