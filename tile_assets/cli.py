@@ -237,6 +237,9 @@ def command_resume(args: argparse.Namespace) -> int:
     for tag, variable in LOCATION_TAGS.items():
         if tag in parent.tags:
             os.environ[variable] = parent.tags[tag]
+    if parent.is_finished:
+        # A killed run never gave back its pool slots (no cleanup ran); it is over, so they are stale.
+        instance.event_log_storage.free_concurrency_slots_for_run(parent.run_id)
     target = scene_job if parent.job_name == process_scene.name else catalog_job
     tags = {k: v for k, v in parent.tags.items() if k not in PARENT_OUTCOME_TAGS}
     tags.update({"dagster/parent_run_id": parent.run_id, "dagster/root_run_id": parent.root_run_id or parent.run_id})
