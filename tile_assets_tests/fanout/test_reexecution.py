@@ -27,6 +27,7 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 
+from tile_assets.assets.findings import INFERENCE_POOL
 from tile_assets.cli import PROJECT_INSTANCE_YAML
 from tile_assets_tests.fanout.conftest import FLAKY, NAIP, REPO_ROOT, TILE_SIZE
 from tile_assets_tests.fanout.faulty_models import StateDir
@@ -48,6 +49,7 @@ class Killed:
     instance: dg.DagsterInstance
     parent: dg.DagsterRun
     succeeded_before_kill: frozenset[str]
+    slot_held_after_kill: bool
     resume: subprocess.CompletedProcess[str]
 
     @property
@@ -98,23 +100,27 @@ def batch_index(step_key: str) -> int:
     return int(step_key.split("[b")[1].rstrip("]"))
 
 
-def infer_successes(instance: dg.DagsterInstance, run_id: str) -> frozenset[str]:
-    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+def infer_steps(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType) -> frozenset[str]:
+    events = instance.all_logs(run_id, of_type=event_type)
     return frozenset(e.step_key for e in events if e.step_key and INFER in e.step_key)
 
 
 def wait_and_kill(proc: subprocess.Popen[bytes], instance: dg.DagsterInstance) -> tuple[str, frozenset[str]]:
-    """Poll the instance until KILL_AFTER batches succeeded, then SIGKILL the CLI's process group."""
+    """Once KILL_AFTER batches succeeded and the next one is running, SIGKILL the CLI's process group."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"tile-assets run exited ({proc.returncode}) before it could be killed")
         runs = instance.get_runs(filters=dg.RunsFilter(job_name="process_scene"))
-        if runs and len(done := infer_successes(instance, runs[0].run_id)) >= KILL_AFTER:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return runs[0].run_id, done
-        time.sleep(0.1)
+        if runs:
+            run_id = runs[0].run_id
+            done = infer_steps(instance, run_id, dg.DagsterEventType.STEP_SUCCESS)
+            started = infer_steps(instance, run_id, dg.DagsterEventType.STEP_START)
+            if len(done) >= KILL_AFTER and started - done:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return run_id, infer_steps(instance, run_id, dg.DagsterEventType.STEP_SUCCESS)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     pytest.fail(f"no {KILL_AFTER} inference batches succeeded within {WAIT_S} s")
 
@@ -140,16 +146,20 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Killed]:
         parent = instance.get_run_by_id(run_id)
         assert parent is not None and parent.status == dg.DagsterRunStatus.STARTED
         instance.report_run_failed(parent)
+        claimed = instance.event_log_storage.get_concurrency_info(INFERENCE_POOL).claimed_slots
+        held = any(slot.run_id == run_id for slot in claimed)
         resume = subprocess.run(
             cli("resume", run_id), check=False, env=cli_env(root), cwd=root,
             capture_output=True, text=True, timeout=WAIT_S,
         )
-        yield Killed(root, instance, instance.get_run_by_id(run_id) or parent, done, resume)
+        yield Killed(root, instance, instance.get_run_by_id(run_id) or parent, done, held, resume)
 
 
 def test_the_kill_landed_mid_fan_out(killed: Killed) -> None:
     assert KILL_AFTER <= len(killed.succeeded_before_kill) < BATCHES
     assert killed.parent.status == dg.DagsterRunStatus.FAILURE
+    started = killed.step_keys(killed.parent.run_id, dg.DagsterEventType.STEP_START)
+    assert {s for s in started if INFER in s} - killed.succeeded_before_kill  # one batch was in flight
     assert "tile_findings.merge_findings" not in killed.step_keys(
         killed.parent.run_id, dg.DagsterEventType.STEP_START
     )
@@ -165,6 +175,12 @@ def test_resume_finishes_the_run_keeping_partition_and_tags(killed: Killed) -> N
                 "tile_assets/catalog", "tile_assets/inbox"):
         assert child.tags[tag] == killed.parent.tags[tag], tag
     assert child.tags["tile_assets/catalog"] == str(killed.catalog)
+
+
+def test_resume_gives_back_the_pool_slot_the_killed_run_held(killed: Killed) -> None:
+    claimed = killed.instance.event_log_storage.get_concurrency_info(INFERENCE_POOL).claimed_slots
+    assert all(slot.run_id != killed.parent.run_id for slot in claimed)
+    assert killed.slot_held_after_kill  # the kill did leak one: the step in flight never released it
 
 
 def test_succeeded_batches_are_not_run_again(killed: Killed) -> None:
