@@ -1,0 +1,1 @@
+"""Reliability and security: hostile inputs, faults mid-run, secrets, and a bounded soak."""
