@@ -29,7 +29,8 @@ def build_s3_resource(settings: Settings) -> S3Resource:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Every asset, check, job, sensor, schedule and resource, for these settings."""
-    imagery = ImageryStore(inbox=settings.inbox, catalog=settings.catalog, s3=build_s3_resource(settings))
+    s3 = build_s3_resource(settings)
+    imagery = ImageryStore(inbox=settings.inbox, catalog=settings.catalog, s3=s3)
     return dg.Definitions(
         assets=[source_images, tiles, tile_findings, scene_synthesis, imagery_catalog],
         asset_checks=[tile_coverage, findings_schema],
@@ -41,6 +42,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[retry_incomplete_scenes],
         executor=scene_executor,
         resources={
+            # Top level (not only nested in `imagery`), so the UI's Resources page and launchpad
+            # show which variables configure S3: their names, never their values.
+            "s3": s3,
             "imagery": imagery,
             "tile_model": TileModelResource(),
             "gate": GateResource(**json.loads(settings.gate)),
