@@ -23,6 +23,7 @@ from tile_assets.core.errors import (
 )
 from tile_assets.core.grid import plan_grid
 from tile_assets.core.raster import (
+    GDAL_CACHE_BYTES,
     MAX_PIXELS,
     MAX_UNTILED_PIXELS,
     TileReader,
@@ -281,11 +282,13 @@ def test_big_untiled_file_is_rejected(tmp_path: Path) -> None:
 
 def test_gdal_cache_is_bounded_in_bytes() -> None:
     options = gdal_env_options()
-    # inside rasterio.Env the value is bytes: a "256" here would mean 256 bytes
-    assert options["GDAL_CACHEMAX"] == 256 * 1024 * 1024
+    # inside rasterio.Env the value is bytes: a "32" here would mean 32 bytes
+    assert options["GDAL_CACHEMAX"] == GDAL_CACHE_BYTES == 32 * 1024 * 1024
     with open_raster(STORE, str(INBOX / "rgb-byte-tenth.tif")):
-        assert int(rasterio.env.getenv()["GDAL_CACHEMAX"]) == 256 * 1024 * 1024
+        assert int(rasterio.env.getenv()["GDAL_CACHEMAX"]) == GDAL_CACHE_BYTES
         assert rasterio.env.getenv()["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+        assert "VSI_CACHE" not in rasterio.env.getenv()  # local files: no second copy of the bytes
+    assert gdal_env_options("/vsis3/bucket/key.tif")["VSI_CACHE"] == "TRUE"
 
 
 # --- broken sources -------------------------------------------------------------------------
