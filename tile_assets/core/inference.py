@@ -197,6 +197,7 @@ def run_batch(
         source = VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint)
         source.check()
         with TileReader(store, scene.uri) as reader:
+            todo = reader.in_read_order(todo)  # results still come back in the plan's order
             for start in range(0, len(todo), PREDICT_CHUNK):
                 tiles: list[TileImage] = []
                 for window in todo[start : start + PREDICT_CHUNK]:
