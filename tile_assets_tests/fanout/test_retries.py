@@ -167,3 +167,14 @@ def test_after_the_fix_a_rerun_infers_only_the_failed_tiles(lab: Lab, runs: Runs
     assert sorted(runs.after_fixed.findings["tile_id"]) == sorted(lab.manifest_ids(runs.key))
     assert check_results(runs.fixed)["tile_coverage"].passed
     assert runs.after_fixed.synthesis["status"] == "complete"
+
+
+def test_each_batch_reports_per_tile_progress_in_the_run_log(lab: Lab, runs: Runs) -> None:
+    progress: dict[str, list[str]] = {}
+    for entry in lab.instance.all_logs(runs.faulty.run_id):
+        if entry.step_key and "tiles done" in entry.user_message:
+            progress.setdefault(entry.step_key, []).append(entry.user_message)
+    assert len(progress) == TILES // 16 + 1  # every batch step
+    b0 = progress["tile_findings.infer_batch[b00000]"]
+    assert b0[0] == "batch b00000: 0/16 tiles done, 0 failed"
+    assert b0[-1] == "batch b00000: 16/16 tiles done, 1 failed"
