@@ -143,7 +143,12 @@ def ui_catalog(tmp_path_factory: pytest.TempPathFactory) -> UiCatalog:
 
 @pytest.fixture(scope="module")
 def dagster_ui(ui_catalog: UiCatalog) -> Iterator[DagsterUi]:
-    """`dagster dev -w workspace.yaml` on a free port over the CLI's home, stopped with its process group."""
+    """`dagster dev -w workspace.yaml` on a free port over the CLI's home, stopped with its process group.
+
+    The sensor's first tick relaunches every scene the CLI ran (CLI runs carry no
+    sensor run keys), so process_scene runs are in flight during the tests; no
+    test waits for them, and assertions compare the UI with files read at that moment.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
