@@ -117,6 +117,11 @@ class SensorDriver:
         """Evaluate, apply the partition requests as the daemon does, keep the new cursor."""
         result = self.evaluate()
         assert isinstance(result, dg.SensorResult), result
+        self.apply(result)
+        return result
+
+    def apply(self, result: dg.SensorResult) -> None:
+        """What the daemon does with a result: add and delete partitions, store the cursor."""
         for request in result.dynamic_partitions_requests or []:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
                 self.instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
@@ -124,7 +129,6 @@ class SensorDriver:
                 for key in request.partition_keys:
                     self.instance.delete_dynamic_partition(request.partitions_def_name, key)
         self.cursor = result.cursor
-        return result
 
 
 def scene_requests(result: dg.SensorResult) -> list[dg.RunRequest]:
