@@ -60,6 +60,23 @@ def run_all(call: Callable[[T], None], args: Iterable[T]) -> None:
             raise
 
 
+def already_materialized(instance: dg.DagsterInstance, change: SceneChange) -> bool:
+    """Whether this exact version was already processed, e.g. by `tile-assets run` before the sensor saw it.
+
+    The data version of `source_images` is the fingerprint (`sha256:<hex>`
+    locally, `etag:<etag>` on S3); the sensor's version is its short form.
+    """
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_images"), asset_partitions=[change.partition_key]),
+        limit=1,
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        return False
+    data_version = (materialization.tags or {}).get("dagster/data_version", "")
+    return data_version.split(":", 1)[-1].startswith(change.version)
+
+
 def scene_run_request(change: SceneChange) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"{change.partition_key}:{change.version}",
@@ -92,7 +109,9 @@ def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore
     # One query for all keys: `has_dynamic_partition` per key cost ~30 ms each on SQLite.
     existing = set(scenes.get_partition_keys(dynamic_partitions_store=context.instance)) if scan.changes else set()
     new_keys = [c.partition_key for c in scan.changes if c.partition_key not in existing]
-    requests = [scene_run_request(c) for c in scan.changes]
+    # A scene first seen by this cursor but already done at this version (CLI runs) is not redone.
+    todo = [c for c in scan.changes if not (c.partition_key in existing and already_materialized(context.instance, c))]
+    requests = [scene_run_request(c) for c in todo]
     if scan.deleted:
         requests.append(dg.RunRequest(run_key=None, job_name=refresh_catalog.name, tags={"tile_assets/trigger": "deletion"}))
     partition_requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
@@ -101,7 +120,8 @@ def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore
     if scan.deleted:
         partition_requests.append(scenes.build_delete_request(scan.deleted))
     context.log.info(
-        f"listed to {scan.state.after or 'end of pass'}: {len(scan.changes)} new/changed, "
+        f"listed to {scan.state.after or 'end of pass'}: {len(scan.changes)} new/changed "
+        f"({len(scan.changes) - len(todo)} already materialized at that version), "
         f"{len(scan.deleted)} deleted, {len(scan.ignored)} ignored"
     )
     return dg.SensorResult(

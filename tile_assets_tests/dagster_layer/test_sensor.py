@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 import tile_assets.sensors
+from tile_assets.assets.scenes import source_images
 from tile_assets.core.keys import scene_key
 from tile_assets.core.registry import lookup_scene
 from tile_assets.core.store import LocalStore
@@ -203,3 +204,27 @@ def test_missing_inbox_skips_and_keeps_the_cursor(inbox: Inbox) -> None:
     assert isinstance(result, dg.SkipReason)
     assert "folder does not exist" in (result.skip_message or "")
     assert context.cursor == cursor
+
+
+def test_scenes_already_materialized_at_that_version_are_not_rerun(inbox: Inbox) -> None:
+    """What `tile-assets run` did before the sensor first looked is not done again; a change still is."""
+    first = inbox.evaluate()
+    assert isinstance(first, dg.SensorResult)
+    done = inbox.key("rgb-byte-tenth.tif")
+    inbox.instance.add_dynamic_partitions(scenes.name, [done])
+    result = dg.materialize(
+        [source_images],
+        instance=inbox.instance,
+        partition_key=done,
+        resources=inbox.defs.resources,
+    )
+    assert result.success
+
+    fresh = inbox.tick()
+    requested = {r.partition_key for r in fresh.run_requests or []}
+    assert done not in requested
+    assert requested == {inbox.key(name) for name in IMAGES} - {done}
+
+    shutil.copy(INBOX / "colorado_aerial_cl1.tif", inbox.folder / "rgb-byte-tenth.tif")
+    changed = inbox.tick()
+    assert [r.partition_key for r in changed.run_requests or []] == [done]
