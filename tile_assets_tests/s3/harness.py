@@ -109,6 +109,7 @@ class SensorDriver:
             instance=self.instance, cursor=self.cursor, resources=self.defs.resources
         ) as context:
             result = new_images_sensor(context)
+            assert isinstance(result, dg.SensorResult | dg.SkipReason), result
             assert context.cursor == self.cursor  # the sensor reports its cursor only in the result
         self.results.append(result)
         return result

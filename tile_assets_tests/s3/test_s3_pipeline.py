@@ -43,7 +43,7 @@ from tile_assets_tests.s3.harness import (
     upload_samples,
 )
 
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 DELETED = "inbox/rgb-byte-tenth.tif"
 GEOREFERENCED = {"inbox/rgb-byte-tenth.tif", "inbox/flights/2018/colorado aerial, ünïcødé.tif"}
 
@@ -196,7 +196,7 @@ def test_a_deleted_object_leaves_the_catalog_and_keeps_its_history(pipeline: Pip
     assert deleted_keys(pipeline.deletion_tick) == [gone]
     assert not scene_requests(pipeline.deletion_tick)
     assert pipeline.refresh_run.success
-    assert gone not in pipeline.instance.get_dynamic_partitions(scenes.name)
+    assert gone not in scenes.get_partition_keys(dynamic_partitions_store=pipeline.instance)
     assert not pipeline.exists(pipeline.uri(f"catalog/_registry/{gone}.json"))
 
     collection = pystac.Collection.from_dict(json.loads(pipeline.read("catalog/collection.json")))

@@ -87,7 +87,7 @@ class Lab:
         return entries
 
     def partitions(self) -> set[str]:
-        return set(self.sensor.instance.get_dynamic_partitions(scenes.name))
+        return set(scenes.get_partition_keys(dynamic_partitions_store=self.sensor.instance))
 
 
 def make_lab(server: SeaweedServer, monkeypatch: pytest.MonkeyPatch, instance: dg.DagsterInstance) -> Lab:
