@@ -17,11 +17,12 @@ from tile_assets.core.catalog import (
     write_json,
     write_stac_json,
 )
-from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.errors import ModelError, TileAssetsError, TransientModelError
 from tile_assets.core.preview import render_preview
 from tile_assets.core.raster import open_raster
 from tile_assets.core.store import VersionGuard
 from tile_assets.core.synthesis import synthesize
+from tile_assets.core.synthesis_llm import describe_with_bedrock
 from tile_assets.core.tables import findings_from_frame, results_from_frame
 from tile_assets.core.types import SceneInfo
 from tile_assets.partitions import scenes
@@ -39,6 +40,26 @@ def thumbnail_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 
+class SynthesisConfig(dg.Config):
+    """Optionally phrase the description with a Bedrock model, given only the merged facts (never pixels)."""
+
+    llm_model_id: str = ""
+    llm_region: str = ""
+
+
+def llm_description(context: dg.AssetExecutionContext, config: SynthesisConfig, synthesis: dict) -> dict | None:
+    """The Bedrock-written description, or None (not configured, or the model failed: logged)."""
+    if not config.llm_model_id:
+        return None
+    try:
+        return describe_with_bedrock(synthesis, config.llm_model_id, region=config.llm_region)
+    except TransientModelError:
+        raise
+    except ModelError as exc:
+        context.log.warning(f"Bedrock synthesis skipped, the deterministic description stands: {exc}")
+        return None
+
+
 @dg.asset(
     partitions_def=scenes,
     group_name=GROUP,
@@ -48,6 +69,7 @@ def thumbnail_markdown(png: bytes, alt: str) -> str:
 )
 def scene_synthesis(
     context: dg.AssetExecutionContext,
+    config: SynthesisConfig,
     imagery: ImageryStore,
     source_images: dict,
     tiles: dict,
@@ -59,7 +81,9 @@ def scene_synthesis(
     findings concentrate (3×3), notable objects with their locations, the
     tiles that failed and the coverage, plus a preview PNG (downsampled scene
     with boxes) and a STAC Item linking the source, findings and preview.
-    Writes `synthesis.json`, `preview.png` and `item.json`.
+    Writes `synthesis.json`, `preview.png` and `item.json`. The description
+    is deterministic; with `llm_model_id` set, a Bedrock model also phrases
+    one from the merged facts alone (`llm_description`).
     """
     key = context.partition_key
     scene = SceneInfo.from_dict(source_images)
@@ -75,6 +99,9 @@ def scene_synthesis(
         model_name=tile_findings.get("model", ""),
         model_version=tile_findings.get("model_version", ""),
     )
+    written = llm_description(context, config, synthesis)
+    if written is not None:
+        synthesis["llm_description"] = written
 
     source = imagery.store_for(scene.uri)
     try:
