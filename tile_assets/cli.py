@@ -90,7 +90,15 @@ def run_config(args: argparse.Namespace) -> dict:
                             "target_steps": args.target_steps,
                             "max_tiles_per_batch": args.max_tiles_per_batch,
                         }
-                    }
+                    },
+                    "merge_findings": {
+                        "config": {
+                            "strategy": args.merge,
+                            "metric": args.match,
+                            "threshold": args.match_threshold,
+                            "full_image_pass": args.full_image_pass,
+                        }
+                    },
                 }
             },
         },
@@ -266,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--edge", choices=["shift", "pad"], default="shift", help="edge tiles shifted inward or padded")
     run.add_argument("--model", default="classical", help="tile model (entry point in tile_assets.models)")
     run.add_argument("--model-params", default="{}", help="model params as JSON")
+    run.add_argument("--merge", choices=["greedy_nmm", "nms", "none"], default="greedy_nmm", help="cross-tile merge")
+    run.add_argument("--match", choices=["ios", "iou"], default="ios", help="box matching metric of the merge")
+    run.add_argument("--match-threshold", type=float, default=0.5)
+    run.add_argument("--full-image-pass", action="store_true", help="also run the model on the whole scene, downsampled")
     run.add_argument("--target-steps", type=int, default=8, help="about this many inference steps per scene")
     run.add_argument("--max-tiles-per-batch", type=int, default=256)
     run.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process")
