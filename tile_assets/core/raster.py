@@ -51,12 +51,21 @@ decoded in full-width strips (JPEG and PNG from the start of the file), so
 every tile read costs a whole band of rows; beyond this that is too slow."""
 
 BOMB_CHECK_PIXELS = 100_000_000
-"""Scenes above this size must justify their declared size with stored bytes."""
+"""Scenes above this size must show they can be read in bounded pieces: blocks of
+a sensible size (a tiled file or a VRT of real sources), or, decoded in
+full-width strips, stored bytes that justify the declared size."""
 
 MAX_COMPRESSION_RATIO = 1000
-"""Uncompressed bytes per stored byte above which a big scene is a decompression
-bomb. DEFLATE cannot exceed about 1032:1 and real imagery stays far below;
-only sparse or forged files (tiny file, huge declared dimensions) get there."""
+"""Uncompressed bytes per stored byte above which a big strip-decoded scene is
+a decompression bomb. DEFLATE cannot exceed about 1032:1 and real imagery
+stays far below; only forged files (tiny file, huge declared dimensions) get
+there. Tiled files may legitimately exceed it: sparse blocks are not stored."""
+
+MAX_BLOCK_BYTES = 64 * 1024 * 1024
+"""Largest block (all bands) a tiled file may have: a block is decoded in one piece."""
+
+MAX_BLOCKS = 1_000_000
+"""Most blocks per band: the block index of a file with tiny blocks is a bomb of its own."""
 
 SUPPORTED_DTYPES = frozenset({"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"})
 MAX_BANDS = 16
@@ -210,30 +219,64 @@ def _is_strip_decoded(ds: DatasetReader) -> bool:
     return bool(block_cols >= ds.width and ds.height > block_rows)
 
 
-def check_size(ds: DatasetReader, uri: str, size_bytes: int) -> None:
-    """Reject decompression bombs, absurd sizes and big files that cannot be read in tiles.
+def _vrt_sources(ds: DatasetReader) -> list[str]:
+    """The files a VRT reads its pixels from (GDAL lists the VRT itself first)."""
+    return [str(f) for f in ds.files[1:]] if ds.driver == "VRT" else []
 
-    A bomb is a big scene (> `BOMB_CHECK_PIXELS`) whose declared
-    uncompressed size is more than `MAX_COMPRESSION_RATIO` times the bytes
-    actually stored; a legitimately big tiled file carries its pixels.
+
+def _block_layout_problem(ds: DatasetReader) -> str | None:
+    """Why a tiled file's blocks are not a sensible size, or None when they are."""
+    block_rows, block_cols = ds.block_shapes[0]
+    itemsize = max(np.dtype(dt).itemsize for dt in ds.dtypes)
+    block_bytes = block_rows * block_cols * ds.count * itemsize
+    blocks = math.ceil(ds.width / block_cols) * math.ceil(ds.height / block_rows)
+    if block_bytes > MAX_BLOCK_BYTES:
+        return f"{block_cols}x{block_rows} blocks of {block_bytes:,} bytes (limit {MAX_BLOCK_BYTES:,})"
+    if blocks > MAX_BLOCKS:
+        return f"{blocks:,} blocks of {block_cols}x{block_rows} per band (limit {MAX_BLOCKS:,})"
+    return None
+
+
+def check_size(ds: DatasetReader, uri: str, size_bytes: int) -> None:
+    """Tell big but legitimate scenes from absurd ones; reject only the absurd, saying why.
+
+    Up to `BOMB_CHECK_PIXELS` any size is fine. Above it, a scene is
+    legitimate when it can be read in bounded pieces and declares at most
+    `MAX_PIXELS`: a tiled file with blocks of a sensible size (sparse blocks,
+    never stored, are fine: they read as nodata), or a VRT of real source
+    files. Absurd, and rejected: more than `MAX_PIXELS`; a tiled file whose
+    blocks are huge or too many; a VRT without sources; and a file decoded
+    in full-width strips (striped TIFF, JPEG, PNG) beyond
+    `MAX_UNTILED_PIXELS` or declaring more than `MAX_COMPRESSION_RATIO`
+    times the bytes it stores (a decompression bomb: a tiny file, huge
+    declared dimensions).
     """
     pixels = ds.width * ds.height
     declared = f"{ds.width}x{ds.height} ({pixels:,} pixels)"
     itemsize = max(np.dtype(dt).itemsize for dt in ds.dtypes)
     raw_bytes = pixels * ds.count * itemsize
     ratio = raw_bytes / max(size_bytes, 1)
-    if pixels > BOMB_CHECK_PIXELS and ratio > MAX_COMPRESSION_RATIO:
-        raise UnsupportedRasterError(
-            uri,
-            f"decompression bomb: declares {declared}, {raw_bytes:,} bytes uncompressed, "
-            f"in a {size_bytes:,}-byte file (ratio {ratio:,.0f}:1, "
-            f"limit {MAX_COMPRESSION_RATIO}:1)",
-        )
+    bomb = (
+        f"decompression bomb: declares {declared}, {raw_bytes:,} bytes uncompressed, "
+        f"in a {size_bytes:,}-byte file (ratio {ratio:,.0f}:1, limit {MAX_COMPRESSION_RATIO}:1)"
+    )
     if pixels > MAX_PIXELS:
-        raise UnsupportedRasterError(
-            uri, f"image too large: declares {declared}, limit {MAX_PIXELS:,} pixels"
-        )
-    if pixels > MAX_UNTILED_PIXELS and _is_strip_decoded(ds):
+        too_large = f"image too large: declares {declared}, limit {MAX_PIXELS:,} pixels"
+        raise UnsupportedRasterError(uri, bomb if ratio > MAX_COMPRESSION_RATIO else too_large)
+    if pixels <= BOMB_CHECK_PIXELS:
+        return
+    if ds.driver == "VRT":
+        if not _vrt_sources(ds):
+            raise UnsupportedRasterError(uri, f"VRT declares {declared} but reads no source file")
+        return
+    if not _is_strip_decoded(ds):
+        problem = _block_layout_problem(ds)
+        if problem:
+            raise UnsupportedRasterError(uri, f"absurd block layout: declares {declared} in {problem}")
+        return
+    if ratio > MAX_COMPRESSION_RATIO:
+        raise UnsupportedRasterError(uri, bomb)
+    if pixels > MAX_UNTILED_PIXELS:
         raise UnsupportedRasterError(
             uri,
             f"image too large without internal tiling: declares {declared}, limit "

@@ -260,10 +260,29 @@ def test_decompression_bomb_rejected_with_declared_size(tmp_path: Path) -> None:
     assert "100000x100000" in str(exc.value) and exc.value.obj == str(path)
 
 
-def test_bomb_below_max_pixels_still_rejected(tmp_path: Path) -> None:
-    path = _sparse_tif(tmp_path / "bomb.tif", 30_000, 30_000, tiled=True)
-    assert 30_000 * 30_000 < MAX_PIXELS
-    with pytest.raises(UnsupportedRasterError, match="30000x30000.*ratio"):
+def test_sparse_tiled_file_below_max_pixels_is_big_but_legitimate(tmp_path: Path) -> None:
+    # Sparse blocks are never stored, so the file is tiny, but every read is one bounded block.
+    path = _sparse_tif(tmp_path / "sparse.tif", 30_000, 30_000, tiled=True)
+    assert 30_000 * 30_000 < MAX_PIXELS and path.stat().st_size < 1_000_000
+    info = _describe(path)
+    assert (info.width, info.height, info.block_shape) == (30_000, 30_000, (512, 512))
+
+
+def test_tiny_striped_file_declaring_huge_dimensions_is_a_bomb(tmp_path: Path) -> None:
+    path = _sparse_tif(tmp_path / "bomb.tif", 15_000, 15_000, tiled=False)
+    assert 15_000 * 15_000 < MAX_UNTILED_PIXELS  # rejected for its ratio, not its size
+    with pytest.raises(UnsupportedRasterError, match="decompression bomb.*15000x15000.*ratio"):
+        _describe(path)
+
+
+def test_tiled_file_with_absurd_blocks_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "huge-blocks.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=20_000, height=20_000, count=4, dtype="uint16",
+        tiled=True, blockxsize=8192, blockysize=8192, compress="deflate", sparse_ok=True,
+    ):
+        pass
+    with pytest.raises(UnsupportedRasterError, match="absurd block layout.*8192x8192 blocks"):
         _describe(path)
 
 
