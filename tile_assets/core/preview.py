@@ -103,17 +103,24 @@ def _to_uint8(band: np.ma.MaskedArray, valid: np.ndarray, dtype: np.dtype) -> np
     return stretched
 
 
+MAX_LABELLED = 200
+"""Above this many boxes the label texts would bury the image (and rendering one text
+per box took 20 s for 75,000 findings): boxes are drawn, in their labels' colours, unlabelled."""
+
+
 def _draw_findings(image: Image.Image, findings: Sequence[Finding], sx: float, sy: float) -> None:
-    """Outline each finding's box in its label's colour, with the label above it."""
+    """Outline each finding's box in its label's colour, with the label above it when few."""
     colours = {
         label: PALETTE[i % len(PALETTE)]
         for i, label in enumerate(sorted({f.label for f in findings}))
     }
     width = max(1, round(max(image.size) / 400))
     draw = ImageDraw.Draw(image)
+    labelled = len(findings) <= MAX_LABELLED
     for f in findings:
         x0, y0, x1, y1 = f.box
         rect = (x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1))
         colour = (*colours[f.label], 255)
         draw.rectangle(rect, outline=colour, width=width)
-        draw.text((rect[0] + 2, max(0.0, rect[1] - 11)), f.label, fill=colour)
+        if labelled:
+            draw.text((rect[0] + 2, max(0.0, rect[1] - 11)), f.label, fill=colour)
