@@ -9,5 +9,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: chromium could not be installed; the web UI tests will skip" >&2
 fi
+# Dependency audit: reports known vulnerabilities, never fails the build (see scripts/audit.sh).
+bash scripts/audit.sh || true
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest -p no:cacheprovider -q -ra "$@"
