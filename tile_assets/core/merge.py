@@ -115,7 +115,7 @@ def _total_order(findings: Sequence[Finding]) -> tuple[np.ndarray, np.ndarray, n
     codes = np.fromiter(map(rank.__getitem__, labels), dtype=np.int64, count=n)
 
     order = visiting_order(scores, boxes, codes)
-    scores, boxes, codes = scores[order], boxes[order], codes[order]
+    scores, boxes, codes = scores[order], np.take(boxes, order, axis=0), codes[order]
 
     tie_next = (
         (scores[1:] == scores[:-1])
@@ -136,9 +136,10 @@ def visiting_order(scores: np.ndarray, boxes: np.ndarray, codes: np.ndarray) -> 
     """Positions in the order greedy merging visits boxes: score (highest first), code, box.
 
     One argsort by score; only runs of equal scores are sorted again by
-    (code, box), which is much cheaper than a full sort on six keys.
+    (code, box), which is much cheaper than a full sort on six keys. Boxes
+    equal in all three come in no particular order.
     """
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores)
     ranked = scores[order]
     new_score = np.concatenate(([True], ranked[1:] != ranked[:-1]))
     if not new_score.all():
@@ -186,15 +187,16 @@ def _matching_pairs(
     Each code gets bands of its own, so boxes of different codes never meet.
     """
     x0, y0, x1, y1 = np.ascontiguousarray(boxes.T)
-    index = np.flatnonzero((x1 > x0) & (y1 > y0))  # zero-area boxes never match
-    if len(index) < 2:
-        return index[:0], index[:0]
-    height = max(2.0 * float(np.median(y1[index] - y0[index])), float(np.finfo(np.float64).tiny))
-    top = y0[index].min()
-    # From here on, boxes are numbered by rank of left edge.
-    by_x = index[np.argsort(x0[index])]
-    x0, y0, x1, y1 = x0[by_x], y0[by_x], x1[by_x], y1[by_x]
-    n = len(by_x)
+    valid = (x1 > x0) & (y1 > y0)  # zero-area boxes never match
+    n = int(valid.sum())
+    if n < 2:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    height = max(2.0 * float(np.median((y1 - y0)[valid])), float(np.finfo(np.float64).tiny))
+    top = float(np.where(valid, y0, np.inf).min())
+    # From here on, valid boxes are numbered by rank of left edge (invalid ones sort last).
+    by_x = np.argsort(np.where(valid, x0, np.inf))[:n]
+    x0, y0, x1, y1 = (np.take(c, by_x) for c in (x0, y0, x1, y1))
     ends = np.searchsorted(x0, x1)  # ranks below this start left of the right edge
     while True:
         first = ((y0 - top) // height).astype(np.int64)
