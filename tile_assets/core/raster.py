@@ -444,24 +444,42 @@ class MaskSummary:
     height: int
 
 
+AVERAGED_MASK_PIXELS = 1_000_000_000
+"""Largest scene without overviews whose mask summary averages every pixel; bigger
+ones are sampled, since averaging reads the whole scene at full resolution."""
+
+MASK_SAMPLES = 4
+"""Samples per cell side when the mask summary is sampled (16 per cell)."""
+
+
 def mask_summary(ds: DatasetReader, max_side: int = 1024) -> MaskSummary:
     """The scene's valid-pixel mask at most `max_side` cells wide or high.
 
     Combines nodata, alpha and the internal mask (GDAL's dataset mask) and,
     for float data, NaN. Memory is bounded by `max_side` whatever the scene
-    size; GDAL uses overviews when the file has them.
+    size. With overviews, or up to `AVERAGED_MASK_PIXELS`, each cell is the
+    average of its pixels (GDAL reads the overviews when the file has them);
+    a bigger scene without overviews (a huge VRT mosaic) is sampled,
+    `MASK_SAMPLES`² nearest pixels per cell, which reads a sliver of it
+    instead of all of it: a cell whose few valid pixels all lie between
+    samples then counts as empty.
     """
     scale = max(1.0, max(ds.width, ds.height) / max_side)
     shape = (max(1, math.ceil(ds.height / scale)), max(1, math.ceil(ds.width / scale)))
     indexes = data_indexes(ds)
     is_float = np.dtype(ds.dtypes[indexes[0] - 1]).kind == "f"
+    averaged = bool(ds.overviews(indexes[0])) or ds.width * ds.height <= AVERAGED_MASK_PIXELS
     try:
         all_valid = all(ds.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes)
         if all_valid:
             valid = np.ones(shape, dtype=np.float32)
-        else:
+        elif averaged:
             mask = ds.dataset_mask(out_shape=shape, resampling=Resampling.average)
             valid = mask.astype(np.float32) / 255.0
+        else:
+            k = min(MASK_SAMPLES, math.ceil(scale))
+            samples = ds.dataset_mask(out_shape=(shape[0] * k, shape[1] * k)) > 0
+            valid = samples.reshape(shape[0], k, shape[1], k).mean(axis=(1, 3), dtype=np.float32)
         if is_float:
             sample = ds.read(indexes, out_shape=(len(indexes), *shape))
             valid[np.isnan(sample).any(axis=0)] = 0.0
