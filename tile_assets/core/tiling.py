@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pandas as pd
 from affine import Affine
 from pyproj import CRS
 from rasterio.io import DatasetReader
 
 from tile_assets.core.grid import auto_tile_size, plan_grid
-from tile_assets.core.raster import mask_summary, valid_fraction
+from tile_assets.core.raster import MaskSummary, mask_summary
 from tile_assets.core.types import GridSpec, SceneInfo, TileWindow
 
 MANIFEST_COLUMNS = [
@@ -33,29 +36,70 @@ def resolve_spec(scene: SceneInfo, tile_size: int, overlap: float, edge: str) ->
     return GridSpec(tile_size=size, overlap=overlap, edge=edge)  # type: ignore[arg-type]
 
 
-def window_bounds(transform: Affine | None, w: TileWindow) -> tuple[float, float, float, float]:
-    """A window's bounds in the scene CRS, or in pixels when there is no transform."""
-    x0, y0, x1, y1 = w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height
+def valid_fractions(summary: MaskSummary, windows: Sequence[TileWindow]) -> np.ndarray:
+    """`valid_fraction` of every window at once, from summed-area tables of the summary.
+
+    Exactly 0.0 for a window with no valid cell (counted in integers, so
+    pruning never depends on rounding); otherwise the mean of its cells,
+    equal to `valid_fraction`'s up to float rounding.
+    """
+    rows, cols = summary.valid.shape
+    col_off = np.fromiter((w.col_off for w in windows), dtype=np.float64, count=len(windows))
+    row_off = np.fromiter((w.row_off for w in windows), dtype=np.float64, count=len(windows))
+    width = np.fromiter((w.width for w in windows), dtype=np.float64, count=len(windows))
+    height = np.fromiter((w.height for w in windows), dtype=np.float64, count=len(windows))
+    x0 = np.clip(np.floor(col_off / summary.scale_x), 0, cols).astype(np.int64)
+    y0 = np.clip(np.floor(row_off / summary.scale_y), 0, rows).astype(np.int64)
+    x1 = np.clip(np.ceil((col_off + width) / summary.scale_x), x0, cols).astype(np.int64)
+    y1 = np.clip(np.ceil((row_off + height) / summary.scale_y), y0, rows).astype(np.int64)
+
+    def box_sums(values: np.ndarray) -> np.ndarray:
+        table = np.zeros((rows + 1, cols + 1), dtype=values.dtype)
+        table[1:, 1:] = values.cumsum(axis=0).cumsum(axis=1)
+        return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+    cells = (x1 - x0) * (y1 - y0)
+    nonzero = box_sums((summary.valid > 0).astype(np.int64))
+    total = box_sums(summary.valid.astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fractions = np.where(nonzero > 0, np.clip(total / cells, 0.0, 1.0), 0.0)
+    return fractions
+
+
+def window_bounds(transform: Affine | None, windows: Sequence[TileWindow]) -> np.ndarray:
+    """Bounds of every window in the scene CRS, or in pixels without a transform: (n, 4) minx, miny, maxx, maxy."""
+    x0 = np.fromiter((w.col_off for w in windows), dtype=np.float64, count=len(windows))
+    y0 = np.fromiter((w.row_off for w in windows), dtype=np.float64, count=len(windows))
+    x1 = x0 + np.fromiter((w.width for w in windows), dtype=np.float64, count=len(windows))
+    y1 = y0 + np.fromiter((w.height for w in windows), dtype=np.float64, count=len(windows))
     if transform is None:
-        return float(x0), float(y0), float(x1), float(y1)
-    xs, ys = zip(*(transform * (x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))))
-    return min(xs), min(ys), max(xs), max(ys)
+        return np.column_stack([x0, y0, x1, y1])
+    a, b, c, d, e, f = transform[:6]
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    xs = np.stack([x * a + y * b + c for x, y in corners])
+    ys = np.stack([x * d + y * e + f for x, y in corners])
+    return np.column_stack([xs.min(axis=0), ys.min(axis=0), xs.max(axis=0), ys.max(axis=0)])
 
 
 def build_manifest(ds: DatasetReader, scene: SceneInfo, spec: GridSpec) -> tuple[pd.DataFrame, int]:
-    """Every tile of the grid that holds at least one valid pixel, and how many were pruned."""
+    """Every tile of the grid that holds at least one valid pixel, and how many were pruned.
+
+    Fractions and bounds are computed for all windows at once, so a huge
+    scene's tens of thousands of windows cost arrays, not a Python row each.
+    """
     windows = plan_grid(scene.width, scene.height, spec)
-    summary = mask_summary(ds)
+    fractions = valid_fractions(mask_summary(ds), windows)
     transform = Affine(*scene.transform) if scene.transform else None
-    rows = []
-    pruned = 0
-    for w in windows:
-        fraction = valid_fraction(summary, w)
-        if fraction <= 0.0:
-            pruned += 1
-            continue
-        rows.append({**w.to_dict(), **dict(zip(("minx", "miny", "maxx", "maxy"), window_bounds(transform, w))), "valid_fraction": fraction})
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), pruned
+    bounds = window_bounds(transform, windows)
+    kept = np.flatnonzero(fractions > 0.0)
+    chosen = [windows[i] for i in kept.tolist()]
+    columns: dict[str, object] = {"tile_id": [w.tile_id for w in chosen]}
+    for name in ("row", "col", "col_off", "row_off", "width", "height"):
+        columns[name] = np.fromiter((getattr(w, name) for w in chosen), dtype=np.int64, count=len(chosen))
+    for i, name in enumerate(("minx", "miny", "maxx", "maxy")):
+        columns[name] = bounds[kept, i]
+    columns["valid_fraction"] = fractions[kept]
+    return pd.DataFrame(columns, columns=MANIFEST_COLUMNS), len(windows) - len(kept)
 
 
 def manifest_windows(manifest: pd.DataFrame) -> list[TileWindow]:
