@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -155,6 +156,10 @@ def _predict_isolated(
     return out
 
 
+def _forget(window: TileWindow, result: TileResult) -> None:
+    """Without a cache there is nothing to remember."""
+
+
 def run_batch(
     store: Store,
     scene: SceneInfo,
@@ -196,7 +201,7 @@ def run_batch(
     if todo:
         source = VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint)
         source.check()
-        with TileReader(store, scene.uri) as reader:
+        with TileReader(store, scene.uri) as reader, (cache.writer() if cache else nullcontext(_forget)) as put:
             todo = reader.in_read_order(todo)  # results still come back in the plan's order
             for start in range(0, len(todo), PREDICT_CHUNK):
                 tiles: list[TileImage] = []
@@ -221,8 +226,7 @@ def run_batch(
                             results[tile.window.tile_id] = failure_row(tile.window, outcome)
                         else:
                             results[tile.window.tile_id] = outcome
-                            if cache:
-                                cache.put(tile.window, outcome)
+                            put(tile.window, outcome)
                 report_progress()
 
     if transient and not final_attempt:
