@@ -6,6 +6,7 @@ the source; only windows, reports and paths cross steps.
 """
 
 
+import time
 from typing import Literal
 
 import dagster as dg
@@ -54,6 +55,8 @@ FINDINGS_SCHEMA = dg.TableSchema(
 """Columns of `findings.parquet` (GeoParquet), shown on the asset page."""
 
 INFERENCE_POOL = "tile_inference"
+PROGRESS_INTERVAL_S = 2.0
+"""A batch logs its progress at most this often (and at its start and end): each line is an event-log write."""
 MAX_RETRIES = 3
 INFERENCE_RETRY = dg.RetryPolicy(
     max_retries=MAX_RETRIES, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -138,7 +141,14 @@ def infer_plan(
         run_group=context.run.root_run_id or context.run_id,
     )
 
+    logged_at: float | None = None
+
     def progress(done: int, failed: int, total: int) -> None:
+        nonlocal logged_at
+        now = time.monotonic()
+        if logged_at is not None and done < total and now - logged_at < PROGRESS_INTERVAL_S:
+            return
+        logged_at = now
         context.log.info(f"batch {plan.batch_id}: {done}/{total} tiles done, {failed} failed")
 
     report = run_batch(
