@@ -295,6 +295,12 @@ def test_storage_going_away_mid_run_is_retried_then_fails_clearly_and_resume_fin
 
     assert cli.main(["resume", run.run_id]) == 0
 
+    with dg.DagsterInstance.get() as instance:
+        [child] = [r for r in instance.get_runs(filters=dg.RunsFilter(job_name=process_scene.name)) if r.run_id != run.run_id]
+        started = {
+            record.step_key for record in instance.all_logs(child.run_id, of_type=dg.DagsterEventType.STEP_START)
+        }
+    assert {step for step in started if "infer_batch" in (step or "")} == {"tile_findings.infer_batch[b00001]"}
     manifest = pd.read_parquet(folder / "tiles.parquet")
     results = pd.read_parquet(folder / "tile_results.parquet")
     findings = gpd.read_parquet(folder / "findings.parquet")
