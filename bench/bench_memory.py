@@ -1,0 +1,77 @@
+"""3. Peak RSS of each pipeline process on 100 and 400 Mpix scenes, against the decoded image size.
+
+The pipeline runs of `bench_pipeline` (multiprocess executor: one process
+per step) are sampled from /proc; for every step process the growth is its
+peak RSS during the step above its RSS when the step started (imports
+done), and for the run process (the one that orchestrates) its peak above
+its RSS before `execute_job`. The worst process is compared with the
+decoded size of the scene (width x height x bands x bytes per sample):
+target at most 1/8, and flat as the scene grows 4x.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.harness import MB, Progress, Row
+
+SIDES = (10_000, 20_000)
+TARGET = 1 / 8
+FLAT = 1.25
+"""Worst growth on the 400 Mpix scene over the worst on the 100 Mpix scene, at most."""
+
+
+def processes(result: dict[str, Any]) -> list[tuple[str, int]]:
+    """(process, growth in bytes) for every step process and the run process."""
+    steps = [(s["step"], int(s["growth"])) for s in result["steps"]]
+    return [*steps, ("run process", int(result["run_process"]["growth"]))]
+
+
+def _by_kind(procs: list[tuple[str, int]]) -> str:
+    """The worst growth per kind of process, e.g. "infer_batch +117 MB"."""
+    worst: dict[str, int] = {}
+    for name, growth in procs:
+        kind = name.split(".")[-1].split("[")[0]
+        worst[kind] = max(worst.get(kind, 0), growth)
+    return ", ".join(f"{kind} +{growth / MB:.0f}" for kind, growth in sorted(worst.items(), key=lambda kv: -kv[1]))
+
+
+def run(progress: Progress) -> list[Row]:
+    from bench.bench_pipeline import pipeline_runs
+
+    rows = []
+    worst: dict[int, int] = {}
+    for side in SIDES:
+        (result,) = pipeline_runs(side, 1, progress)
+        decoded = int(result["decoded"])
+        procs = processes(result)
+        name, growth = max(procs, key=lambda p: p[1])
+        infer = max(g for n, g in procs if "infer_batch" in n)
+        worst[side] = growth
+        ratio = growth / decoded
+        rows.append(
+            Row(
+                metric=f"3. peak RSS above baseline, {side * side / 1e6:.0f} Mpix scene: worst process",
+                ours=f"+{growth / MB:.0f} MB ({name.split('.')[-1]})",
+                baseline=f"{decoded / MB:.0f} MB decoded",
+                ratio=ratio,
+                ratio_text=f"{ratio:.3f} (infer {infer / decoded:.3f})",
+                target=f"<= {TARGET:.3f}",
+                met=ratio <= TARGET,
+                note=f"{len(procs)} processes, worst by kind (MB): {_by_kind(procs)}",
+            )
+        )
+    small, big = SIDES
+    growth_ratio = worst[big] / worst[small]
+    rows.append(
+        Row(
+            metric=f"3. worst process growth, {big * big / 1e6:.0f} vs {small * small / 1e6:.0f} Mpix scene",
+            ours=f"+{worst[big] / MB:.0f} MB",
+            baseline=f"+{worst[small] / MB:.0f} MB",
+            ratio=growth_ratio,
+            ratio_text=f"{growth_ratio:.2f}",
+            target=f"<= {FLAT} (flat)",
+            met=growth_ratio <= FLAT,
+        )
+    )
+    return rows
