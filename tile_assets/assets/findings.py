@@ -21,6 +21,7 @@ from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.inference import BatchReport, run_batch
 from tile_assets.core.keys import model_key
 from tile_assets.core.merge import merge_findings as merge_boxes
+from tile_assets.core.models.base import TileModel
 from tile_assets.core.overview_pass import full_image_findings
 from tile_assets.core.tables import tile_results_frame
 from tile_assets.core.tiling import manifest_windows
@@ -89,12 +90,39 @@ class MergeConfig(dg.Config):
     full_image_max_side: int = 1024
 
 
+def scene_cache(context: dg.OpExecutionContext, imagery: ImageryStore, model: TileModel, scene: SceneInfo) -> TileCache:
+    """The tile cache of this source version and model identity, for this run group."""
+    return TileCache(
+        imagery.catalog_store(),
+        imagery.catalog,
+        model_key(model.name, model.version, model.params()),
+        scene.fingerprint,
+        run_group=context.run.root_run_id or context.run_id,
+    )
+
+
 @dg.op(out=dg.DynamicOut(dict))
-def plan_batches(context: dg.OpExecutionContext, config: BatchingConfig, imagery: ImageryStore, tiles: dict):
-    """Cut the scene's tiles into batches, one dynamic output (and step) per batch."""
-    manifest = read_parquet(imagery.catalog_store(), tiles["uri"])
-    plans = cut_batches(manifest_windows(manifest), config.target_steps, config.max_tiles_per_batch)
-    context.log.info(f"{len(manifest)} tiles in {len(plans)} batches")
+def plan_batches(
+    context: dg.OpExecutionContext,
+    config: BatchingConfig,
+    imagery: ImageryStore,
+    tile_model: TileModelResource,
+    source_images: dict,
+    tiles: dict,
+):
+    """Cut the tiles the cache lacks into batches, one dynamic output (and step) per batch.
+
+    Tiles already cached for this source version and model get no step (a
+    rerun after a few failures runs a batch or two, not the whole scene):
+    the merge takes them from the cache.
+    """
+    windows = manifest_windows(read_parquet(imagery.catalog_store(), tiles["uri"]))
+    cache = scene_cache(context, imagery, tile_model.load(), SceneInfo.from_dict(source_images))
+    todo = [w for w in windows if cache.get(w) is None]
+    plans = cut_batches(todo, config.target_steps, config.max_tiles_per_batch)
+    context.log.info(
+        f"{len(windows)} tiles: {len(windows) - len(todo)} already cached, {len(todo)} to infer in {len(plans)} batches"
+    )
     for plan in plans:
         yield dg.DynamicOutput(plan.to_dict(), mapping_key=plan.batch_id)
 
@@ -133,13 +161,7 @@ def infer_plan(
 ) -> dict:
     """One batch through the model and the scene's tile cache, with per-tile progress in the run's log."""
     model = tile_model.load()
-    cache = TileCache(
-        imagery.catalog_store(),
-        imagery.catalog,
-        model_key(model.name, model.version, model.params()),
-        scene.fingerprint,
-        run_group=context.run.root_run_id or context.run_id,
-    )
+    cache = scene_cache(context, imagery, model, scene)
 
     logged_at: float | None = None
 
@@ -177,27 +199,31 @@ def merge_findings(
 ) -> dg.Output[dict]:
     """Merge findings across tile overlaps and write findings and per-tile status tables.
 
-    Every planned tile must have a result. A re-execution from failure of a
-    killed run does not re-plan the batches that never started (Dagster
-    re-runs only steps the parent logged), so tiles without a report are
-    inferred here, through the same cache, rather than silently left out.
+    Every tile of the manifest gets a result. Tiles without a batch report
+    are taken from the cache: those already cached when the batches were
+    planned, and any a re-execution lost (from failure, Dagster re-runs
+    only the steps a killed parent logged, never the batches that had not
+    started); a tile the cache lacks is inferred here rather than left out.
     """
     key = source_images["partition_key"]
     scene = SceneInfo.from_dict(source_images)
     store = imagery.catalog_store()
     windows = manifest_windows(read_parquet(store, tiles["uri"]))
     reported = {r["tile_id"] for report in reports for r in report["results"]}
-    lost = tuple(w for w in windows if w.tile_id not in reported)
-    if lost:
-        context.log.warning(
-            f"{len(lost)} tile(s) have no batch report (batches that never started in a killed "
-            "parent run); inferring them in this step"
-        )
+    unreported = tuple(w for w in windows if w.tile_id not in reported)
+    inferred_here = 0
+    if unreported:
         try:
-            recovered = infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan("recovered", lost), True)
+            settled = infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan("merge", unreported), True)
         except TileAssetsError as exc:
             raise scene_failure(imagery, key, "tile_findings", exc, retries_left=False) from exc
-        reports = [*reports, recovered]
+        inferred_here = sum(not r["from_cache"] for r in settled["results"])
+        if inferred_here:
+            context.log.warning(
+                f"{inferred_here} tile(s) were in no batch and not cached (batches a re-execution "
+                "lost); inferred in this step"
+            )
+        reports = [*reports, settled]
     batch_reports = [BatchReport.from_dict(r) for r in reports]
     results = [r for b in batch_reports for r in b.results]
     raw = [f for r in results for f in r.findings]
@@ -260,7 +286,7 @@ def merge_findings(
             "counts_by_label": dg.MetadataValue.json(summary["counts_by_label"]),
             "tiles_inferred": summary["tiles_inferred"],
             "tiles_from_cache": summary["tiles_from_cache"],
-            "tiles_recovered": len(lost),
+            "tiles_inferred_in_merge": inferred_here,
             "tiles_failed": summary["tiles_failed"],
             "coverage": round(summary["coverage"], 4),
             "findings_path": dg.MetadataValue.path(findings_uri),
@@ -284,12 +310,12 @@ def tile_findings(source_images: dict, tiles: dict) -> dict:
     `tile_inference`, retried with exponential backoff on transient errors, and
     reads its own windows straight from the source. A tile that fails
     permanently becomes a failure row; its batch goes on. Results are cached
-    per tile by (source fingerprint, window, model), so a rerun infers only
-    missing or failed tiles. A finding cut by a tile edge gives way to the
+    per tile by (source fingerprint, window, model), so a rerun plans batches
+    only for missing or failed tiles and takes the rest from the cache. A finding cut by a tile edge gives way to the
     whole view an overlapping tile has; duplicates in tile overlaps are then
     merged (greedy NMM on IoS by default), optionally together with the
     findings of a downsampled full-image pass. Writes `findings.parquet`
     (GeoParquet) and `tile_results.parquet`.
     """
-    reports = plan_batches(tiles).map(lambda batch: infer_batch(source_images, tiles, batch))
+    reports = plan_batches(source_images, tiles).map(lambda batch: infer_batch(source_images, tiles, batch))
     return merge_findings(source_images, tiles, reports.collect())
