@@ -139,6 +139,11 @@ def findings_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     return {name: value.value for name, value in materialization.metadata.items()}
 
 
+def inference_steps(result: dg.ExecuteInProcessResult) -> set[str]:
+    """The `infer_batch` steps a run started."""
+    return {e.step_key for e in result.all_events if e.is_step_start and e.step_key and ".infer_batch[" in e.step_key}
+
+
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 

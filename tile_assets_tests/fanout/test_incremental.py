@@ -22,6 +22,7 @@ from tile_assets_tests.fanout.conftest import (
     REPO_ROOT,
     Lab,
     findings_metadata,
+    inference_steps,
 )
 
 SCENE = REPO_ROOT / "data" / "inbox" / "colorado_aerial_cl1.tif"
@@ -100,6 +101,8 @@ def test_an_unchanged_rerun_comes_entirely_from_the_cache(lab: Lab, key: str, st
     n = len(lab.manifest_ids(key))
     assert steps["unchanged"].counts == (0, n)
     assert steps["unchanged"].attempted == frozenset()
+    assert inference_steps(steps["unchanged"].result) == set()  # nothing to infer: no batch at all
+    assert len(inference_steps(steps["first"].result)) == STEPS
 
 
 def test_new_params_or_a_new_model_version_invalidate(lab: Lab, key: str, steps: dict[str, Step]) -> None:

@@ -18,7 +18,12 @@ import pytest
 
 from tile_assets.assets.findings import MAX_RETRIES
 from tile_assets.checks import COVERAGE_THRESHOLD
-from tile_assets_tests.fanout.conftest import Lab, check_results, findings_metadata
+from tile_assets_tests.fanout.conftest import (
+    Lab,
+    check_results,
+    findings_metadata,
+    inference_steps,
+)
 from tile_assets_tests.fanout.faulty_models import MARK_LABEL
 
 PERMANENT = ("r000c002", "r004c004")
@@ -161,6 +166,8 @@ def test_after_the_fix_a_rerun_infers_only_the_failed_tiles(lab: Lab, runs: Runs
     before, after = runs.after_faulty.attempts, runs.after_fixed.attempts
     assert {t: after[t] - before[t] for t in after if after[t] != before[t]} == {t: 1 for t in PERMANENT}
     assert not retry_waits(runs.fixed)
+    # Only the two failed tiles are batched (about 4 steps asked for: one tile each); the rest need no step.
+    assert len(inference_steps(runs.fixed)) == len(PERMANENT)
     results = runs.after_fixed.tile_results
     assert (results["status"] == "ok").all()
     assert sorted(results.index[~results["from_cache"]]) == sorted(PERMANENT)
