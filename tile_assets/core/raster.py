@@ -560,11 +560,13 @@ def _invalid_pixels(
         return np.zeros(data.shape[1:], dtype=bool)
     if layout.nodata is not None:
         info = np.iinfo(layout.dtype)
-        invalid = np.ones(data.shape[1:], dtype=bool)
-        for band, value in zip(data, layout.nodata, strict=True):
-            if not info.min <= value <= info.max:
-                return np.zeros(data.shape[1:], dtype=bool)  # a band that never holds its nodata
-            invalid &= band == value
+        if not all(info.min <= value <= info.max for value in layout.nodata):
+            return np.zeros(data.shape[1:], dtype=bool)  # a band that never holds its nodata
+        # Invalid where every band holds its nodata value: no bit differs in any band.
+        differs = np.bitwise_xor(data[0], layout.nodata[0])
+        for band, value in zip(data[1:], layout.nodata[1:], strict=True):
+            differs |= np.bitwise_xor(band, value)
+        invalid: np.ndarray = differs == 0
         return invalid
     mask: np.ndarray = ds.dataset_mask(window=window) == 0
     if layout.dtype.kind == "f":
