@@ -6,7 +6,7 @@
   is in none of the run's events, run configs, tags, asset metadata, captured
   logs, instance databases or catalog files, nor in anything the CLI printed.
 - The web UI binds to 127.0.0.1 unless told otherwise, and `--read-only`
-  (documented in docs/reliability.md) refuses to launch runs.
+  (documented in the README) refuses to launch runs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tile_assets_tests.reliability.corpus import SAMPLES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = REPO_ROOT / "tile_assets"
-DOCS = REPO_ROOT / "docs" / "reliability.md"
+DOCS = REPO_ROOT / "README.md"
 UNSAFE_MODULES = frozenset({"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"})
 UNSAFE_BUILTINS = frozenset({"eval", "exec", "compile", "__import__"})
 UNSAFE_ATTRIBUTES = frozenset({"read_pickle", "to_pickle", "unsafe_load", "full_load", "system", "popen"})
