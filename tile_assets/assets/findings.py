@@ -118,7 +118,7 @@ def plan_batches(
     """
     windows = manifest_windows(read_parquet(imagery.catalog_store(), tiles["uri"]))
     cache = scene_cache(context, imagery, tile_model.load(), SceneInfo.from_dict(source_images))
-    todo = [w for w in windows if cache.get(w) is None]
+    todo = [w for w in windows if not cache.has(w)]
     plans = cut_batches(todo, config.target_steps, config.max_tiles_per_batch)
     context.log.info(
         f"{len(windows)} tiles: {len(windows) - len(todo)} already cached, {len(todo)} to infer in {len(plans)} batches"

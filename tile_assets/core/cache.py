@@ -64,6 +64,10 @@ class TileCache:
         own = bool(self.run_group) and data.get("run_group") == self.run_group
         return TileResult.from_dict({**data, "tile_id": window.tile_id, "from_cache": not own})
 
+    def has(self, window: TileWindow) -> bool:
+        """Whether a tile has an entry (one stat or HEAD, nothing parsed): enough to plan work."""
+        return self.store.exists(self.uri(window))
+
     def put(self, window: TileWindow, result: TileResult) -> None:
         """Remember a successful tile; failures are never cached."""
         if result.status != "ok":
