@@ -34,7 +34,7 @@ from tile_assets.partitions import scenes
 from tile_assets.sensors import new_images_sensor
 from tile_assets.settings import Settings
 from tile_assets_tests.fixtures.s3 import SeaweedServer
-from tile_assets_tests.reliability.corpus import CASES, SAMPLES, Case, build_corpus, rgb
+from tile_assets_tests.reliability.corpus import CASES, Case, build_corpus, rgb
 
 SCENE_FILES = (
     "source.json", "tiles.parquet", "findings.parquet", "tile_results.parquet",

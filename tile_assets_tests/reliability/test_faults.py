@@ -324,9 +324,8 @@ def test_gdal_never_serves_an_overwritten_or_unreachable_s3_object_from_its_cach
         assert np.array_equal(ds.read(window=window), 255 - before)
     s3_env.stop()
     try:
-        with pytest.raises(TransientStoreError, match="CURL error"):
-            with open_raster(store, uri) as ds:
-                ds.read(window=window)
+        with pytest.raises(TransientStoreError, match="CURL error"), open_raster(store, uri) as ds:
+            ds.read(window=window)
     finally:
         s3_env.start()
 
