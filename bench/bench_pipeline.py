@@ -17,6 +17,7 @@ own RSS at step start (imports done). `bench_memory` reports those.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -211,6 +212,7 @@ def pipeline_runs(side: int, runs: int, progress: Progress) -> list[dict[str, An
     while len(done) < runs:
         progress(f"pipeline: {side:,}² scene, multiprocess run {len(done) + 1}/{runs}")
         done.append(run_side("bench.bench_pipeline", ["pipeline", scene, str(WORK / "pipeline" / str(side))]))
+        (WORK / "pipeline" / f"result-{side}-{len(done)}.json").write_text(json.dumps(done[-1], indent=1))
     return done[:runs]
 
 
