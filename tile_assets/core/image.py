@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tile_assets.core.errors import ModelError
 from tile_assets.core.types import TileWindow
 
 
@@ -40,3 +41,16 @@ class TileImage:
             return None
         idx = self.colorinterp.index(name)
         return (self.data[idx].astype(np.float32) / np.float32(self.scale_max)).clip(0, 1)
+
+
+def check_layout(tile: TileImage) -> None:
+    """Models rely on (bands, rows, cols) with one name per band and a positive scale."""
+    data = tile.data
+    if data.ndim != 3 or len(tile.colorinterp) != data.shape[0]:
+        raise ModelError(
+            tile.window.tile_id,
+            f"expected (bands, rows, cols) with one colorinterp name per band, got shape "
+            f"{data.shape} and {len(tile.colorinterp)} names",
+        )
+    if not tile.scale_max > 0:
+        raise ModelError(tile.window.tile_id, f"scale_max must be positive, got {tile.scale_max}")

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from tile_assets.core.errors import ModelError
-from tile_assets.core.image import TileImage
+from tile_assets.core.image import TileImage, check_layout
 from tile_assets.core.models.base import TilePrediction
 from tile_assets.core.types import Box, Finding
 
@@ -294,15 +294,8 @@ class ClassicalModel:
 
 def _read_bands(tile: TileImage) -> _Bands:
     """Scale the tile to 0..1 float32 once, pick bands by name, zero the invalid pixels."""
+    check_layout(tile)
     data = tile.data
-    if data.ndim != 3 or len(tile.colorinterp) != data.shape[0]:
-        raise ModelError(
-            tile.window.tile_id,
-            f"expected (bands, rows, cols) with one colorinterp name per band, got shape "
-            f"{data.shape} and {len(tile.colorinterp)} names",
-        )
-    if not tile.scale_max > 0:
-        raise ModelError(tile.window.tile_id, f"scale_max must be positive, got {tile.scale_max}")
     valid = tile.valid
     scaled = np.ma.getdata(data).astype(np.float32) / np.float32(tile.scale_max)
     np.clip(scaled, 0.0, 1.0, out=scaled)

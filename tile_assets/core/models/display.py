@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tile_assets.core.errors import ModelError
-from tile_assets.core.image import TileImage
+from tile_assets.core.image import TileImage, check_layout
 from tile_assets.core.types import Box, Finding
 
 MIN_VALID_SHARE = 0.5
@@ -25,15 +24,8 @@ def tile_rgb8(tile: TileImage) -> np.ndarray:
     Values are scaled by `tile.scale_max` (255 for uint8, so those pass
     unchanged); invalid pixels are black.
     """
+    check_layout(tile)
     data = tile.data
-    if data.ndim != 3 or len(tile.colorinterp) != data.shape[0]:
-        raise ModelError(
-            tile.window.tile_id,
-            f"expected (bands, rows, cols) with one colorinterp name per band, got shape "
-            f"{data.shape} and {len(tile.colorinterp)} names",
-        )
-    if not tile.scale_max > 0:
-        raise ModelError(tile.window.tile_id, f"scale_max must be positive, got {tile.scale_max}")
     names = tile.colorinterp
     if all(c in names for c in ("red", "green", "blue")):
         picked = [names.index(c) for c in ("red", "green", "blue")]
