@@ -116,10 +116,12 @@ def findings_frame(scene: SceneInfo, findings: Sequence[Finding]) -> gpd.GeoData
 
 
 def write_geoparquet(store: Store, uri: str, gdf: gpd.GeoDataFrame) -> None:
-    """Write a GeoDataFrame as GeoParquet (geo metadata, WKB geometry) through the store."""
-    buf = io.BytesIO()
-    gdf.to_parquet(buf, index=False)
-    store.write_bytes(uri, buf.getvalue(), content_type=PARQUET_TYPE)
+    """Write a GeoDataFrame as GeoParquet (geo metadata, WKB geometry) through the store.
+
+    GeoDataFrame.to_parquet writes the GeoParquet metadata itself, so this is
+    `write_parquet` under the name callers read as "a geo table".
+    """
+    write_parquet(store, uri, gdf)
 
 
 def read_geoparquet(store: Store, uri: str) -> gpd.GeoDataFrame:
