@@ -10,8 +10,15 @@ from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.gate.base import GateDecision
 from tile_assets.core.gate.screen import screen_source
 from tile_assets.core.registry import lookup_scene
+from tile_assets.core.source_version import previous_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
+
+
+class SourceConfig(dg.Config):
+    """`rehash`: hash the source file even if it still has the version its last description recorded."""
+
+    rehash: bool = False
 
 
 def scene_metadata(info: dict) -> dict[str, object]:
@@ -51,7 +58,7 @@ def gate_metadata(decision: GateDecision, policy: str) -> dict[str, dg.MetadataV
     owners=["team:imagery"],
 )
 def source_images(
-    context: dg.AssetExecutionContext, imagery: ImageryStore, gate: GateResource
+    context: dg.AssetExecutionContext, config: SourceConfig, imagery: ImageryStore, gate: GateResource
 ) -> dg.Output[dict]:
     """The source image of a scene, opened with rasterio, validated and screened.
 
@@ -61,14 +68,19 @@ def source_images(
     A rejected scene stops here, listed as rejected with the check and the
     reasons; no tile is planned for it. Records size, bands, CRS, transform,
     nodata and a content fingerprint (sha256 for local files, the ETag on
-    S3). Writes `scenes/<key>/source.json`.
+    S3). A local file whose size and mtime are those of its last description
+    keeps that description's fingerprint instead of being read whole again
+    (`fingerprint_reused`); config `rehash: true` hashes it regardless.
+    Writes `scenes/<key>/source.json`.
     """
     key = context.partition_key
     catalog_store = imagery.catalog_store()
+    source_json = imagery.scene_uri(key, "source.json")
     try:
         registered = lookup_scene(catalog_store, imagery.catalog, key)
         configured = gate.load(imagery)
-        screening = screen_source(imagery.store_for(registered.uri), registered.uri, key, configured)
+        previous = None if config.rehash else previous_scene(catalog_store, source_json)
+        screening = screen_source(imagery.store_for(registered.uri), registered.uri, key, configured, previous)
         metadata = gate_metadata(screening.decision, configured.policy)
         scene = screening.scene
         if scene is None or not screening.decision.passed:
@@ -79,13 +91,15 @@ def source_images(
         raise scene_failure(imagery, key, "source_images", exc) from exc
     clear_rejection(imagery, key)
     info = scene.to_dict()
-    write_json(catalog_store, imagery.scene_uri(key, "source.json"), info)
+    write_json(catalog_store, source_json, info)
+    reused = screening.fingerprint_reused
     context.log.info(
         f"{registered.uri}: {info['width']}x{info['height']} x{info['count']} {info['dtype']}, "
+        f"fingerprint {'reused (same version as source.json)' if reused else 'computed'}, "
         f"gate {screening.decision.summary()}"
     )
     return dg.Output(
         info,
         data_version=dg.DataVersion(info["fingerprint"]),
-        metadata={**scene_metadata(info), **metadata},
+        metadata={**scene_metadata(info), "fingerprint_reused": reused, **metadata},
     )

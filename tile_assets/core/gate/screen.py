@@ -14,6 +14,7 @@ from tile_assets.core.errors import InvalidSourceError, UnsupportedRasterError
 from tile_assets.core.gate.base import Gate, GateDecision, validation_outcome
 from tile_assets.core.gate.rendition import read_rendition
 from tile_assets.core.raster import describe, open_raster
+from tile_assets.core.source_version import version_source
 from tile_assets.core.store import Store
 from tile_assets.core.types import SceneInfo
 
@@ -24,16 +25,23 @@ class Screening:
 
     scene: SceneInfo | None
     decision: GateDecision
+    fingerprint_reused: bool = False
+    """The fingerprint is the previous description's, not recomputed (see `version_source`)."""
 
 
-def screen_source(store: Store, uri: str, partition_key: str, gate: Gate) -> Screening:
-    """Validate and describe the image at `uri`, then run `gate` on it; pixels are read only if a check asks."""
-    head = store.head(uri)
-    fingerprint = store.fingerprint(uri)
+def screen_source(
+    store: Store, uri: str, partition_key: str, gate: Gate, previous: SceneInfo | None = None
+) -> Screening:
+    """Validate and describe the image at `uri`, then run `gate` on it; pixels are read only if a check asks.
+
+    `previous`, the scene's last description, lends its fingerprint if the object is still that version.
+    """
+    source = version_source(store, uri, previous)
+    head = source.head
     try:
         with open_raster(store, uri) as ds:
-            described = describe(ds, uri, partition_key, fingerprint, head.size)
+            described = describe(ds, uri, partition_key, source.fingerprint, head.size)
     except (InvalidSourceError, UnsupportedRasterError) as exc:
-        return Screening(None, GateDecision((validation_outcome(exc),), gate.names()))
+        return Screening(None, GateDecision((validation_outcome(exc),), gate.names()), source.reused)
     scene = replace(described, last_modified=head.last_modified, source_version=head.etag)
-    return Screening(scene, gate.screen(scene, lambda: read_rendition(store, uri)))
+    return Screening(scene, gate.screen(scene, lambda: read_rendition(store, uri)), source.reused)
