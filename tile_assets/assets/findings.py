@@ -13,19 +13,19 @@ import dagster as dg
 
 from tile_assets.assets import CODE_VERSION, GROUP
 from tile_assets.assets.failures import scene_failure
-from tile_assets.core.batches import BatchPlan, plan_batches as cut_batches
+from tile_assets.core.batches import BatchPlan, plan_scene_batches
 from tile_assets.core.borders import prefer_whole
 from tile_assets.core.cache import TileCache
 from tile_assets.core.catalog import findings_frame, read_parquet, write_geoparquet, write_parquet
 from tile_assets.core.errors import TileAssetsError
-from tile_assets.core.inference import BatchReport, run_batch
+from tile_assets.core.inference import run_batch
 from tile_assets.core.keys import model_key
 from tile_assets.core.merge import merge_findings as merge_boxes
 from tile_assets.core.models.base import TileModel
 from tile_assets.core.overview_pass import full_image_findings
 from tile_assets.core.tables import tile_results_frame
 from tile_assets.core.tiling import manifest_windows
-from tile_assets.core.types import GridSpec, SceneInfo
+from tile_assets.core.types import GridSpec, SceneInfo, TileResult, TileWindow
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore, TileModelResource
 
@@ -57,7 +57,8 @@ FINDINGS_SCHEMA = dg.TableSchema(
 
 INFERENCE_POOL = "tile_inference"
 PROGRESS_INTERVAL_S = 2.0
-"""A batch logs its progress at most this often (and at its start and end): each line is an event-log write."""
+"""A batch logs its progress after its first chunk, then at most this often, and at its end:
+each line is an event-log write (tens of ms on SQLite under load)."""
 MAX_RETRIES = 3
 INFERENCE_RETRY = dg.RetryPolicy(
     max_retries=MAX_RETRIES, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -117,9 +118,10 @@ def plan_batches(
     the merge takes them from the cache.
     """
     windows = manifest_windows(read_parquet(imagery.catalog_store(), tiles["uri"]))
-    cache = scene_cache(context, imagery, tile_model.load(), SceneInfo.from_dict(source_images))
+    scene = SceneInfo.from_dict(source_images)
+    cache = scene_cache(context, imagery, tile_model.load(), scene)
     todo = [w for w in windows if not cache.has(w)]
-    plans = cut_batches(todo, config.target_steps, config.max_tiles_per_batch)
+    plans = plan_scene_batches(scene, todo, config.target_steps, config.max_tiles_per_batch)
     context.log.info(
         f"{len(windows)} tiles: {len(windows) - len(todo)} already cached, {len(todo)} to infer in {len(plans)} batches"
     )
@@ -159,7 +161,10 @@ def infer_plan(
     plan: BatchPlan,
     final_attempt: bool,
 ) -> dict:
-    """One batch through the model and the scene's tile cache, with per-tile progress in the run's log."""
+    """One batch through the model and the scene's tile cache, with per-tile progress in the run's log.
+
+    Returns the batch's counts and failure rows; its successes are in the cache.
+    """
     model = tile_model.load()
     cache = scene_cache(context, imagery, model, scene)
 
@@ -168,7 +173,7 @@ def infer_plan(
     def progress(done: int, failed: int, total: int) -> None:
         nonlocal logged_at
         now = time.monotonic()
-        if logged_at is not None and done < total and now - logged_at < PROGRESS_INTERVAL_S:
+        if done == 0 or (logged_at is not None and done < total and now - logged_at < PROGRESS_INTERVAL_S):
             return
         logged_at = now
         context.log.info(f"batch {plan.batch_id}: {done}/{total} tiles done, {failed} failed")
@@ -184,7 +189,46 @@ def infer_plan(
         on_progress=progress,
         predict_timeout_s=tile_model.timeout(),
     )
-    return {**report.to_dict(), "model": model.name, "model_version": model.version}
+    return {**report.summary(), "model": model.name, "model_version": model.version}
+
+
+def settle_results(
+    context: dg.OpExecutionContext,
+    imagery: ImageryStore,
+    tile_model: TileModelResource,
+    model: TileModel,
+    scene: SceneInfo,
+    tiles: dict,
+    windows: tuple[TileWindow, ...],
+    reports: list[dict],
+) -> tuple[list[TileResult], int]:
+    """A result for every tile of the manifest, in manifest order, and how many were inferred here.
+
+    Successes come from the cache (this run's and earlier runs'), failures
+    from the batch reports. A tile in neither (a batch a re-execution lost:
+    from failure, Dagster re-runs only the steps a killed parent logged,
+    never the batches that had not started) is inferred here rather than
+    left out.
+    """
+    failed = {row["tile_id"]: TileResult.from_dict(row) for report in reports for row in report["failed"]}
+    cache = scene_cache(context, imagery, model, scene)
+    lost = tuple(w for w in windows if w.tile_id not in failed and not cache.has(w))
+    inferred_here = 0
+    if lost:
+        try:
+            settled = infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan("merge", lost), True)
+        except TileAssetsError as exc:
+            raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=False) from exc
+        failed.update((row["tile_id"], TileResult.from_dict(row)) for row in settled["failed"])
+        inferred_here = settled["tiles_inferred"]
+        if inferred_here:
+            context.log.warning(
+                f"{inferred_here} tile(s) were in no batch and not cached (batches a re-execution "
+                "lost); inferred in this step"
+            )
+        cache = scene_cache(context, imagery, model, scene)
+    results = [cache.get(w) or failed[w.tile_id] for w in windows]
+    return results, inferred_here
 
 
 @dg.op
@@ -199,33 +243,18 @@ def merge_findings(
 ) -> dg.Output[dict]:
     """Merge findings across tile overlaps and write findings and per-tile status tables.
 
-    Every tile of the manifest gets a result. Tiles without a batch report
-    are taken from the cache: those already cached when the batches were
-    planned, and any a re-execution lost (from failure, Dagster re-runs
-    only the steps a killed parent logged, never the batches that had not
-    started); a tile the cache lacks is inferred here rather than left out.
+    Every tile of the manifest gets a result (`settle_results`): from the
+    cache, from a batch's failure rows, or inferred here when a re-execution
+    lost its batch.
     """
     key = source_images["partition_key"]
     scene = SceneInfo.from_dict(source_images)
     store = imagery.catalog_store()
     windows = manifest_windows(read_parquet(store, tiles["uri"]))
-    reported = {r["tile_id"] for report in reports for r in report["results"]}
-    unreported = tuple(w for w in windows if w.tile_id not in reported)
-    inferred_here = 0
-    if unreported:
-        try:
-            settled = infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan("merge", unreported), True)
-        except TileAssetsError as exc:
-            raise scene_failure(imagery, key, "tile_findings", exc, retries_left=False) from exc
-        inferred_here = sum(not r["from_cache"] for r in settled["results"])
-        if inferred_here:
-            context.log.warning(
-                f"{inferred_here} tile(s) were in no batch and not cached (batches a re-execution "
-                "lost); inferred in this step"
-            )
-        reports = [*reports, settled]
-    batch_reports = [BatchReport.from_dict(r) for r in reports]
-    results = [r for b in batch_reports for r in b.results]
+    model = tile_model.load()
+    results, inferred_here = settle_results(
+        context, imagery, tile_model, model, scene, tiles, windows, reports
+    )
     raw = [f for r in results for f in r.findings]
     candidates = list(raw)
     full_image: dict = {"enabled": config.full_image_pass}
@@ -233,7 +262,7 @@ def merge_findings(
         # Optional extra evidence: if it fails, the tile findings still stand.
         try:
             extra = full_image_findings(
-                imagery.store_for(scene.uri), scene, tile_model.load(), config.full_image_max_side
+                imagery.store_for(scene.uri), scene, model, config.full_image_max_side
             )
         except TileAssetsError as exc:
             context.log.warning(f"full-image pass failed; merging tile findings only: {exc}")
@@ -266,13 +295,13 @@ def merge_findings(
         "tiles_planned": len(results),
         "tiles_ok": len(results) - len(failed),
         "tiles_failed": len(failed),
-        "tiles_inferred": sum(b.tiles_inferred for b in batch_reports),
-        "tiles_from_cache": sum(b.tiles_from_cache for b in batch_reports),
+        "tiles_inferred": sum(r.status == "ok" and not r.from_cache for r in results),
+        "tiles_from_cache": sum(r.from_cache for r in results),
         "coverage": (len(results) - len(failed)) / len(results) if results else 1.0,
         "merge": config.model_dump(),
         "full_image_pass": full_image,
-        "model": reports[0]["model"] if reports else "",
-        "model_version": reports[0]["model_version"] if reports else "",
+        "model": model.name,
+        "model_version": model.version,
     }
     context.log.info(
         f"{len(raw)} raw findings merged to {len(merged)}; {len(failed)} tile(s) failed"

@@ -55,15 +55,15 @@ class BatchReport:
     def tiles_failed(self) -> int:
         return sum(r.status == "failed" for r in self.results)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "results": [r.to_dict() for r in self.results]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BatchReport:
-        return cls(
-            batch_id=data["batch_id"],
-            results=tuple(TileResult.from_dict(r) for r in data["results"]),
-        )
+    def summary(self) -> dict[str, Any]:
+        """Counts and the failure rows: what a step hands on (successes are in the cache)."""
+        return {
+            "batch_id": self.batch_id,
+            "tiles": len(self.results),
+            "tiles_inferred": self.tiles_inferred,
+            "tiles_from_cache": self.tiles_from_cache,
+            "failed": [r.to_dict() for r in self.results if r.status == "failed"],
+        }
 
 
 class TransientBatchError(TransientError):
@@ -156,7 +156,7 @@ def _predict_isolated(
     return out
 
 
-def _forget(window: TileWindow, result: TileResult) -> None:
+def _forget(done: Sequence[tuple[TileWindow, TileResult]]) -> None:
     """Without a cache there is nothing to remember."""
 
 
@@ -182,6 +182,7 @@ def run_batch(
     describes: checked before reading and after each chunk's reads, before
     any of the chunk's results is cached.
     """
+    cache = cache.for_batch(plan.windows) if cache else None
     results: dict[str, TileResult] = {}
     transient: list[tuple[TileWindow, BaseException]] = []
     todo: list[TileWindow] = []
@@ -201,7 +202,7 @@ def run_batch(
     if todo:
         source = VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint)
         source.check()
-        with TileReader(store, scene.uri) as reader, (cache.writer() if cache else nullcontext(_forget)) as put:
+        with TileReader(store, scene.uri) as reader, (cache.writer() if cache else nullcontext(_forget)) as put_chunk:
             todo = reader.in_read_order(todo)  # results still come back in the plan's order
             for start in range(0, len(todo), PREDICT_CHUNK):
                 tiles: list[TileImage] = []
@@ -219,6 +220,7 @@ def run_batch(
                     except TransientError as exc:
                         transient.extend((t.window, exc) for t in tiles)
                         outcomes = []
+                    done: list[tuple[TileWindow, TileResult]] = []
                     for tile, outcome in zip(tiles, outcomes, strict=False):
                         if isinstance(outcome, TransientError):
                             transient.append((tile.window, outcome))
@@ -226,7 +228,8 @@ def run_batch(
                             results[tile.window.tile_id] = failure_row(tile.window, outcome)
                         else:
                             results[tile.window.tile_id] = outcome
-                            put(tile.window, outcome)
+                            done.append((tile.window, outcome))
+                    put_chunk(done)
                 report_progress()
 
     if transient and not final_attempt:
@@ -237,7 +240,8 @@ def run_batch(
         )
     for window, exc in transient:
         results[window.tile_id] = failure_row(window, exc)
-    report_progress()
+    if transient:
+        report_progress()
     return BatchReport(
         batch_id=plan.batch_id,
         results=tuple(results[w.tile_id] for w in plan.windows),

