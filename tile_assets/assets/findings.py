@@ -115,7 +115,8 @@ def plan_batches(
 
     Tiles already cached for this source version and model get no step (a
     rerun after a few failures runs a batch or two, not the whole scene):
-    the merge takes them from the cache.
+    the merge takes them from the cache. Each batch carries the scene's
+    description and grid spec, so its step has one input to load.
     """
     windows = manifest_windows(read_parquet(imagery.catalog_store(), tiles["uri"]))
     scene = SceneInfo.from_dict(source_images)
@@ -126,7 +127,8 @@ def plan_batches(
         f"{len(windows)} tiles: {len(windows) - len(todo)} already cached, {len(todo)} to infer in {len(plans)} batches"
     )
     for plan in plans:
-        yield dg.DynamicOutput(plan.to_dict(), mapping_key=plan.batch_id)
+        batch = {"plan": plan.to_dict(), "scene": source_images, "spec": tiles["spec"]}
+        yield dg.DynamicOutput(batch, mapping_key=plan.batch_id)
 
 
 @dg.op(pool=INFERENCE_POOL, retry_policy=INFERENCE_RETRY)
@@ -134,8 +136,6 @@ def infer_batch(
     context: dg.OpExecutionContext,
     imagery: ImageryStore,
     tile_model: TileModelResource,
-    source_images: dict,
-    tiles: dict,
     batch: dict,
 ) -> dict:
     """Run the tile model over one batch, reading only its windows; failed tiles become rows.
@@ -144,10 +144,11 @@ def infer_batch(
     changed since `source_images` described it; transient failures are
     retried by the policy and fail the scene once retries are exhausted.
     """
-    scene = SceneInfo.from_dict(source_images)
+    scene = SceneInfo.from_dict(batch["scene"])
+    spec = GridSpec.from_dict(batch["spec"])
     last = context.retry_number >= MAX_RETRIES
     try:
-        return infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan.from_dict(batch), last)
+        return infer_plan(context, imagery, tile_model, scene, spec, BatchPlan.from_dict(batch["plan"]), last)
     except TileAssetsError as exc:
         raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=not last) from exc
 
@@ -157,7 +158,7 @@ def infer_plan(
     imagery: ImageryStore,
     tile_model: TileModelResource,
     scene: SceneInfo,
-    tiles: dict,
+    spec: GridSpec,
     plan: BatchPlan,
     final_attempt: bool,
 ) -> dict:
@@ -182,7 +183,7 @@ def infer_plan(
         imagery.store_for(scene.uri),
         scene,
         plan,
-        GridSpec.from_dict(tiles["spec"]),
+        spec,
         model,
         cache,
         final_attempt=final_attempt,
@@ -216,7 +217,8 @@ def settle_results(
     inferred_here = 0
     if lost:
         try:
-            settled = infer_plan(context, imagery, tile_model, scene, tiles, BatchPlan("merge", lost), True)
+            spec = GridSpec.from_dict(tiles["spec"])
+            settled = infer_plan(context, imagery, tile_model, scene, spec, BatchPlan("merge", lost), True)
         except TileAssetsError as exc:
             raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=False) from exc
         failed.update((row["tile_id"], TileResult.from_dict(row)) for row in settled["failed"])
@@ -346,5 +348,5 @@ def tile_findings(source_images: dict, tiles: dict) -> dict:
     findings of a downsampled full-image pass. Writes `findings.parquet`
     (GeoParquet) and `tile_results.parquet`.
     """
-    reports = plan_batches(source_images, tiles).map(lambda batch: infer_batch(source_images, tiles, batch))
+    reports = plan_batches(source_images, tiles).map(infer_batch)
     return merge_findings(source_images, tiles, reports.collect())
