@@ -36,7 +36,7 @@ def thumbnail_markdown(png: bytes, alt: str) -> str:
     image = Image.open(io.BytesIO(png))
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG")
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
 
 

@@ -29,11 +29,18 @@ from pystac.extensions.label import (
     LabelType,
 )
 from pystac.extensions.projection import ProjectionExtension
-from shapely import make_valid
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from tile_assets.core.geo import WGS84, box_polygon, footprint_wgs84, scene_affine, scene_crs
+from tile_assets.core.geo import (
+    WGS84,
+    box_corners,
+    box_polygons,
+    crs_to_wgs84,
+    footprint_wgs84,
+    scene_affine,
+    scene_crs,
+)
 from tile_assets.core.store import Store
 from tile_assets.core.types import Finding, SceneInfo
 
@@ -77,6 +84,8 @@ _FINDING_COLUMNS: dict[str, str] = {
     "lat_max": "float64",
 }
 _SAFE_COLUMN = re.compile(r"[^A-Za-z0-9_]+")
+_ATTRIBUTES_JSON = json.JSONEncoder(sort_keys=True)
+"""`json.dumps(..., sort_keys=True)` without building an encoder per finding."""
 
 
 def findings_frame(scene: SceneInfo, findings: Sequence[Finding]) -> gpd.GeoDataFrame:
@@ -84,35 +93,40 @@ def findings_frame(scene: SceneInfo, findings: Sequence[Finding]) -> gpd.GeoData
 
     Without georeferencing the geometry stays in pixel coordinates (y down),
     `crs` is None, `coord_space` says "pixel" and the lon/lat columns are NaN.
-    `attributes` is the finding's attribute dict as a JSON string.
+    `attributes` is the finding's attribute dict as a JSON string. Built a
+    column at a time: a scene can hold tens of thousands of findings.
     """
     transform = scene_affine(scene) if scene.georeferenced else None
     crs = scene_crs(scene) if scene.georeferenced else None
-    geoms = [make_valid(box_polygon(f.box, transform)) for f in findings]
+    boxes = np.array([f.box for f in findings], dtype=np.float64).reshape(-1, 4)
+    xs, ys = box_corners(boxes, transform)
     data: dict[str, Any] = {
         "scene_key": [scene.partition_key] * len(findings),
         "tile_id": [f.tile_id for f in findings],
         "label": [f.label for f in findings],
         "score": [f.score for f in findings],
-        "px_x0": [f.box[0] for f in findings],
-        "px_y0": [f.box[1] for f in findings],
-        "px_x1": [f.box[2] for f in findings],
-        "px_y1": [f.box[3] for f in findings],
+        "px_x0": boxes[:, 0],
+        "px_y0": boxes[:, 1],
+        "px_x1": boxes[:, 2],
+        "px_y1": boxes[:, 3],
         "area_px": [f.area_px for f in findings],
         "model": [f.model for f in findings],
         "model_version": [f.model_version for f in findings],
-        "attributes": [json.dumps(f.attributes, sort_keys=True) for f in findings],
+        "attributes": [_ATTRIBUTES_JSON.encode(f.attributes) for f in findings],
         "coord_space": ["crs" if crs is not None else "pixel"] * len(findings),
     }
-    frame = pd.DataFrame({k: pd.Series(v, dtype=_FINDING_COLUMNS[k]) for k, v in data.items()})
-    gdf = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
-    if crs is not None and len(gdf):
-        bounds = gdf.geometry.to_crs(WGS84).bounds.to_numpy()
+    if crs is not None and len(findings):
+        # The bounds of the four corners in lon/lat, as to_crs(WGS84).bounds would give.
+        lon, lat = crs_to_wgs84(crs, xs.ravel(), ys.ravel())
+        lon, lat = lon.reshape(xs.shape), lat.reshape(ys.shape)
+        bounds = np.column_stack([lon.min(1), lat.min(1), lon.max(1), lat.max(1)])
     else:
-        bounds = np.full((len(gdf), 4), np.nan)
+        bounds = np.full((len(findings), 4), np.nan)
     for i, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
-        gdf[name] = bounds[:, i].astype("float64")
-    return gdf[[*_FINDING_COLUMNS, "geometry"]]
+        data[name] = bounds[:, i]
+    frame = pd.DataFrame({k: pd.Series(data[k], dtype=t) for k, t in _FINDING_COLUMNS.items()})
+    geometry = gpd.GeoSeries(box_polygons(xs, ys), crs=crs)
+    return gpd.GeoDataFrame(frame, geometry=geometry, crs=crs)
 
 
 def write_geoparquet(store: Store, uri: str, gdf: gpd.GeoDataFrame) -> None:

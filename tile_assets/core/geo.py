@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import shapely
 from pyproj import CRS, Transformer
 from rasterio.transform import Affine
 from shapely.geometry import Polygon
 from shapely.geometry.polygon import orient
 
-from tile_assets.core.types import Box, SceneInfo
+from tile_assets.core.types import SceneInfo
 
 WGS84 = CRS.from_epsg(4326)
 
@@ -63,18 +64,31 @@ def pixel_to_lonlat(
     return crs_to_wgs84(crs, *pixel_to_crs(transform, xs, ys))
 
 
-def box_polygon(box: Box, transform: Affine | None = None) -> Polygon:
-    """A pixel box as a counter-clockwise polygon, in the CRS when a transform is given.
+def box_corners(
+    boxes: np.ndarray, transform: Affine | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The four corners of each pixel box (N, 4) as (N, 4) x and y arrays, in the CRS when given.
 
-    All four corners go through the transform, so rotated or sheared grids
-    give the true quadrilateral rather than an axis-aligned box.
+    Corners go (x0, y0), (x1, y0), (x1, y1), (x0, y1); all four go through the
+    transform, so rotated or sheared grids give the true quadrilateral.
     """
-    x0, y0, x1, y1 = box
-    xs, ys = [x0, x1, x1, x0], [y0, y0, y1, y1]
-    if transform is not None:
-        cx, cy = pixel_to_crs(transform, xs, ys)
-        xs, ys = cx.tolist(), cy.tolist()
-    return orient(Polygon(zip(xs, ys, strict=True)), sign=1.0)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xs, ys = b[:, [0, 2, 2, 0]], b[:, [1, 1, 3, 3]]
+    return pixel_to_crs(transform, xs, ys) if transform is not None else (xs, ys)
+
+
+def box_polygons(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Valid polygons (counter-clockwise exterior) from `box_corners`, one per box, in one pass.
+
+    A box of zero width or height is made valid (a line or a point) rather
+    than written as a degenerate polygon.
+    """
+    rings = np.stack([xs, ys], axis=-1)
+    geoms = shapely.orient_polygons(shapely.polygons(rings), exterior_cw=False)
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    return geoms
 
 
 def footprint_wgs84(scene: SceneInfo) -> Polygon | None:

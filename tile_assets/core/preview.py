@@ -21,6 +21,9 @@ from tile_assets.core.types import Finding
 log = logging.getLogger(__name__)
 
 STRETCH_PERCENTILES = (2.0, 98.0)
+PNG_COMPRESS_LEVEL = 1
+"""zlib's fastest level: on a 1024² aerial preview it encodes about 4x faster than the
+default (6) for a file about 10 % larger, and encoding was most of the preview's time."""
 # Distinct, saturated colours (Tableau 10), assigned to labels in sorted order.
 PALETTE = (
     (255, 127, 14),
@@ -52,7 +55,7 @@ def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int
     image = Image.fromarray(np.dstack([*rgb, alpha]))
     _draw_findings(image, findings, out_w / ds.width, out_h / ds.height)
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     log.debug("preview %s: %dx%d, %d boxes", ds.name, out_w, out_h, len(findings))
     return buf.getvalue()
 

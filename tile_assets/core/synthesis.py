@@ -7,6 +7,7 @@ a partial result is never mistaken for a complete one.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -164,11 +165,11 @@ def _scene_cover(manifest: pd.DataFrame, ok: Sequence[TileResult]) -> dict[str, 
 def _grid_counts(scene: SceneInfo, findings: Sequence[Finding]) -> np.ndarray:
     """Findings per cell of a 3x3 grid over the image, rows top→bottom, by box centre."""
     grid = np.zeros((GRID, GRID), dtype=np.int64)
-    for f in findings:
-        cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
-        col = min(max(int(GRID * cx / scene.width), 0), GRID - 1)
-        row = min(max(int(GRID * cy / scene.height), 0), GRID - 1)
-        grid[row, col] += 1
+    boxes = np.array([f.box for f in findings], dtype=np.float64).reshape(-1, 4)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    col = np.clip((GRID * cx / scene.width).astype(np.int64), 0, GRID - 1)
+    row = np.clip((GRID * cy / scene.height).astype(np.int64), 0, GRID - 1)
+    np.add.at(grid, (row, col), 1)
     return grid
 
 
@@ -202,7 +203,7 @@ def _distribution_phrase(grid: np.ndarray, places: tuple[tuple[str, ...], ...]) 
 
 def _notable(scene: SceneInfo, findings: Sequence[Finding], n: int) -> list[dict[str, Any]]:
     """The top `n` findings by score then area, with pixel box and lon/lat centre if known."""
-    ranked = sorted(findings, key=lambda f: (-f.score, -f.area_px, f.label, f.box))[:n]
+    ranked = heapq.nsmallest(n, findings, key=lambda f: (-f.score, -f.area_px, f.label, f.box))
     centres_x = [(f.box[0] + f.box[2]) / 2 for f in ranked]
     centres_y = [(f.box[1] + f.box[3]) / 2 for f in ranked]
     lonlat = pixel_to_lonlat(scene, centres_x, centres_y) if ranked else None

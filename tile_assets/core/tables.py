@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from tile_assets.core.types import Finding, TileResult
@@ -50,17 +51,28 @@ def results_from_frame(frame: pd.DataFrame) -> list[TileResult]:
 
 
 def findings_from_frame(frame: pd.DataFrame) -> list[Finding]:
-    """Merged findings read back from `findings.parquet`, in scene pixel coordinates."""
+    """Merged findings read back from `findings.parquet`, in scene pixel coordinates.
+
+    Read a column at a time (a scene can hold tens of thousands of findings);
+    a frame without `attributes` gives empty attribute dicts.
+    """
+    columns = ("score", "px_x0", "px_y0", "px_x1", "px_y1", "area_px")
+    score, x0, y0, x1, y1, area = (frame[c].to_numpy(np.float64).tolist() for c in columns)
+    label, tile_id, model, version = (
+        [str(v) for v in frame[c].tolist()] for c in ("label", "tile_id", "model", "model_version")
+    )
+    attributes = frame["attributes"].tolist() if "attributes" in frame else [""] * len(frame)
+    rows = zip(label, score, x0, y0, x1, y1, tile_id, area, model, version, attributes, strict=True)
     return [
         Finding(
-            label=str(row.label),
-            score=float(row.score),
-            box=(float(row.px_x0), float(row.px_y0), float(row.px_x1), float(row.px_y1)),
-            tile_id=str(row.tile_id),
-            area_px=float(row.area_px),
-            model=str(row.model),
-            model_version=str(row.model_version),
-            attributes=json.loads(row.attributes) if getattr(row, "attributes", "") else {},
+            label=lab,
+            score=sc,
+            box=(bx0, by0, bx1, by1),
+            tile_id=tid,
+            area_px=ar,
+            model=mod,
+            model_version=ver,
+            attributes=json.loads(attrs) if attrs else {},
         )
-        for row in frame.itertuples(index=False)
+        for lab, sc, bx0, by0, bx1, by1, tid, ar, mod, ver, attrs in rows
     ]

@@ -123,7 +123,12 @@ class GridSpec(_JsonMixin):
 
 @dataclass(frozen=True)
 class Finding(_JsonMixin):
-    """One object a model found, in scene pixel coordinates."""
+    """One object a model found, in scene pixel coordinates.
+
+    `to_dict` / `from_dict` are written out (same JSON as the generic ones):
+    they run for every cached finding, and the generic reflection and
+    `asdict` deep copy cost several times more.
+    """
 
     label: str
     score: float
@@ -133,6 +138,32 @@ class Finding(_JsonMixin):
     model: str = ""
     model_version: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields in order; `attributes` copied one level deep (`asdict` deep-copies)."""
+        return {
+            "label": self.label,
+            "score": self.score,
+            "box": self.box,
+            "tile_id": self.tile_id,
+            "area_px": self.area_px,
+            "model": self.model,
+            "model_version": self.model_version,
+            "attributes": dict(self.attributes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return cls(
+            label=data["label"],
+            score=data["score"],
+            box=tuple(data["box"]),  # type: ignore[arg-type]
+            tile_id=data.get("tile_id", ""),
+            area_px=data.get("area_px", 0.0),
+            model=data.get("model", ""),
+            model_version=data.get("model_version", ""),
+            attributes=data.get("attributes", {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -149,12 +180,26 @@ class TileResult(_JsonMixin):
     from_cache: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["findings"] = [f.to_dict() for f in self.findings]
-        return data
+        return {
+            "tile_id": self.tile_id,
+            "status": self.status,
+            "findings": [f.to_dict() for f in self.findings],
+            "cover": dict(self.cover),
+            "valid_pixels": self.valid_pixels,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "from_cache": self.from_cache,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        data = dict(data)
-        data["findings"] = tuple(Finding.from_dict(f) for f in data.get("findings", []))
-        return super().from_dict(data)
+        return cls(
+            tile_id=data["tile_id"],
+            status=data["status"],
+            findings=tuple(Finding.from_dict(f) for f in data.get("findings", [])),
+            cover=data.get("cover", {}),
+            valid_pixels=data.get("valid_pixels", 0),
+            error_type=data.get("error_type", ""),
+            error_message=data.get("error_message", ""),
+            from_cache=data.get("from_cache", False),
+        )

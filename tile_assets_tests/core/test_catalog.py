@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
+import shapely
 from geopandas.testing import assert_geodataframe_equal
 from pystac.validation import validate_dict
 from rasterio.warp import transform_bounds
@@ -36,6 +38,7 @@ from tile_assets.core.catalog import (
     write_parquet,
     write_stac_json,
 )
+from tile_assets.core.geo import WGS84
 from tile_assets.core.store import LocalStore, join_uri
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.types import Finding, SceneInfo, TileResult
@@ -132,6 +135,19 @@ def test_findings_frame_pixel_space_and_empty(plain_scene: SceneInfo, geo_scene:
     assert list(empty.columns) == list(full.columns)
     assert empty.dtypes.astype(str).to_dict() == full.dtypes.astype(str).to_dict()
     assert empty.crs == full.crs
+
+
+def test_findings_frame_rotated_grid_and_degenerate_box(geo_scene: SceneInfo) -> None:
+    """Columns built in bulk match the per-geometry reprojection, also on a rotated grid."""
+    a, b, c, d, e, f = geo_scene.transform
+    rotated = replace(geo_scene, transform=(a * 0.8, a * 0.6, c, d - e * 0.6, e * 0.8, f))
+    findings = [*_findings(rotated), Finding("line", 0.4, (30.0, 30.0, 30.0, 90.0))]
+    gdf = findings_frame(rotated, findings)
+    assert gdf.geometry.is_valid.all()
+    assert gdf.geometry.iloc[-1].geom_type == "LineString"
+    assert (shapely.is_ccw(gdf.geometry.iloc[:-1].exterior)).all()
+    expected = gdf.geometry.to_crs(WGS84).bounds.to_numpy()
+    assert np.array_equal(gdf[["lon_min", "lat_min", "lon_max", "lat_max"]].to_numpy(), expected)
 
 
 @pytest.mark.parametrize("which", ["geo", "plain", "empty"])
