@@ -57,8 +57,8 @@ FINDINGS_SCHEMA = dg.TableSchema(
 
 INFERENCE_POOL = "tile_inference"
 PROGRESS_INTERVAL_S = 2.0
-"""A batch logs its progress after its first chunk, then at most this often, and at its end:
-each line is an event-log write (tens of ms on SQLite under load)."""
+"""A batch logs its progress at most this often while it runs, and at its end: each line
+is an event-log write (several ms on SQLite), and the step's start is an event already."""
 MAX_RETRIES = 3
 INFERENCE_RETRY = dg.RetryPolicy(
     max_retries=MAX_RETRIES, delay=1.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -169,12 +169,12 @@ def infer_plan(
     model = tile_model.load()
     cache = scene_cache(context, imagery, model, scene)
 
-    logged_at: float | None = None
+    logged_at = time.monotonic()
 
     def progress(done: int, failed: int, total: int) -> None:
         nonlocal logged_at
         now = time.monotonic()
-        if done == 0 or (logged_at is not None and done < total and now - logged_at < PROGRESS_INTERVAL_S):
+        if done < total and now - logged_at < PROGRESS_INTERVAL_S:
             return
         logged_at = now
         context.log.info(f"batch {plan.batch_id}: {done}/{total} tiles done, {failed} failed")
