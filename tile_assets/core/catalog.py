@@ -150,9 +150,11 @@ def write_parquet(store: Store, uri: str, df: pd.DataFrame) -> None:
     store.write_bytes(uri, buf.getvalue(), content_type=PARQUET_TYPE)
 
 
-def read_parquet(store: Store, uri: str) -> pd.DataFrame:
-    """Read a Parquet object into a plain DataFrame."""
-    return pd.read_parquet(io.BytesIO(store.read_bytes(uri)))
+def read_parquet(store: Store, uri: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet object (all its columns, or only `columns`) into a plain DataFrame."""
+    return pd.read_parquet(
+        io.BytesIO(store.read_bytes(uri)), columns=list(columns) if columns is not None else None
+    )
 
 
 def dump_json(obj: Any) -> bytes:

@@ -50,14 +50,21 @@ def results_from_frame(frame: pd.DataFrame) -> list[TileResult]:
     ]
 
 
+FINDING_COLUMNS = [
+    "label", "score", "px_x0", "px_y0", "px_x1", "px_y1", "tile_id", "area_px", "model",
+    "model_version",
+]
+"""The columns `findings_from_frame` needs; `attributes` is read too when present."""
+
+
 def findings_from_frame(frame: pd.DataFrame) -> list[Finding]:
     """Merged findings read back from `findings.parquet`, in scene pixel coordinates.
 
     Read a column at a time (a scene can hold tens of thousands of findings);
     a frame without `attributes` gives empty attribute dicts.
     """
-    columns = ("score", "px_x0", "px_y0", "px_x1", "px_y1", "area_px")
-    score, x0, y0, x1, y1, area = (frame[c].to_numpy(np.float64).tolist() for c in columns)
+    numbers = ("score", "px_x0", "px_y0", "px_x1", "px_y1", "area_px")
+    score, x0, y0, x1, y1, area = (frame[c].to_numpy(np.float64).tolist() for c in numbers)
     label, tile_id, model, version = (
         [str(v) for v in frame[c].tolist()] for c in ("label", "tile_id", "model", "model_version")
     )
