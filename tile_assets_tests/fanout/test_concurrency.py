@@ -132,3 +132,5 @@ def test_project_instance_limits_runs_by_size_tag_and_retries_crashed_runs(
     assert project_instance.run_retries_max_retries >= 1
     # Crashed runs (lost process), not op failures, are what run retries are for.
     assert not project_instance.run_retries_retry_on_asset_or_op_failure
+    # Pool slots held by a run that died are freed by the monitoring daemon.
+    assert project_instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
