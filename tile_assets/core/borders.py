@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from itertools import compress, repeat
+from operator import attrgetter
 
 import numpy as np
-import shapely
 
 from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.merge import finding_boxes, overlapping_pairs, rank_codes
 from tile_assets.core.types import Box, Finding, TileWindow
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,20 @@ def is_cut(box: Box, window: TileWindow, width: int, height: int, margin_px: flo
 
     Edges on the scene's own border do not cut: nothing lies beyond them.
     """
-    x0, y0, x1, y1 = window.box
-    return bool(
-        (x0 > 0 and box[0] <= x0 + margin_px)
-        or (y0 > 0 and box[1] <= y0 + margin_px)
-        or (x1 < width and box[2] >= x1 - margin_px)
-        or (y1 < height and box[3] >= y1 - margin_px)
+    boxes, windows = np.array([box], dtype=np.float64), np.array([window.box])
+    return bool(_cut(boxes, windows, width, height, margin_px)[0])
+
+
+def _cut(
+    boxes: np.ndarray, windows: np.ndarray, width: int, height: int, margin_px: float
+) -> np.ndarray:
+    """`is_cut` for each row of `boxes` (n, 4) in the matching row of `windows` (n, 4)."""
+    x0, y0, x1, y1 = windows.T
+    return (
+        ((x0 > 0) & (boxes[:, 0] <= x0 + margin_px))
+        | ((y0 > 0) & (boxes[:, 1] <= y0 + margin_px))
+        | ((x1 < width) & (boxes[:, 2] >= x1 - margin_px))
+        | ((y1 < height) & (boxes[:, 3] >= y1 - margin_px))
     )
 
 
@@ -59,43 +69,36 @@ def prefer_whole(
     A cut view (see `is_cut`; `windows` maps tile ids to their windows,
     findings of other ids are whole) is dropped when at least `containment`
     of its box area lies inside the box of one whole finding with the same
-    label (any label with `class_agnostic`). Order is kept. Pairs are found
-    with an STRtree, so the cost grows with the findings, not their square.
+    label (any label with `class_agnostic`). Order is kept. Covering pairs
+    come from `overlapping_pairs`' sweep, so the cost grows with the
+    findings, not their square.
     """
     if not 0.0 < containment <= 1.0:
         raise TileAssetsError("prefer_whole", f"containment {containment!r} outside (0, 1]")
     if margin_px < 0:
         raise TileAssetsError("prefer_whole", f"margin_px must be >= 0, got {margin_px!r}")
-    cut = np.array(
-        [
-            f.tile_id in windows and is_cut(f.box, windows[f.tile_id], width, height, margin_px)
-            for f in findings
-        ],
-        dtype=bool,
+    # A finding without a tile window gets the whole scene as its window: never cut.
+    window_of = {tile_id: i for i, tile_id in enumerate(windows)}
+    window_boxes = np.array([w.box for w in windows.values()] + [(0.0, 0.0, width, height)])
+    tiles = map(attrgetter("tile_id"), findings)
+    at = np.fromiter(
+        map(window_of.get, tiles, repeat(len(windows))), dtype=np.int64, count=len(findings)
     )
+    boxes = finding_boxes(findings)
+    cut = _cut(boxes, window_boxes[at], width, height, margin_px)
     if not cut.any() or cut.all():
         return list(findings)
-    boxes = np.array([f.box for f in findings], dtype=np.float64)
-    whole_idx, cut_idx = np.flatnonzero(~cut), np.flatnonzero(cut)
-    tree = shapely.STRtree(shapely.box(*boxes[whole_idx].T))
-    pieces, holders = tree.query(shapely.box(*boxes[cut_idx].T))
-    piece, holder = cut_idx[pieces], whole_idx[holders]
-    if not class_agnostic and len(piece):
-        labels = np.array([f.label for f in findings], dtype=object)
-        same = labels[piece] == labels[holder]
-        piece, holder = piece[same], holder[same]
-    a, b = boxes[piece], boxes[holder]
-    inter_w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    inter_h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(inter_w, 0, None) * np.clip(inter_h, 0, None)
-    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inside = np.where(area > 0, inter / area, 0.0) >= containment
-    dropped = set(piece[inside].tolist())
+    codes = None if class_agnostic else rank_codes(list(map(attrgetter("label"), findings)))[0]
+    left, right, inter = overlapping_pairs(boxes, codes)
+    one_cut = cut[left] != cut[right]
+    piece, inter = np.where(cut[left], left, right)[one_cut], inter[one_cut]
+    x0, y0, x1, y1 = boxes[piece].T
+    dropped = np.zeros(len(findings), dtype=bool)
+    dropped[piece[inter / ((x1 - x0) * (y1 - y0)) >= containment]] = True
     log.debug(
         "prefer_whole: %d of %d findings cut, %d of them covered by whole views",
         int(cut.sum()),
         len(findings),
-        len(dropped),
+        int(dropped.sum()),
     )
-    return [f for i, f in enumerate(findings) if i not in dropped]
+    return list(compress(findings, (~dropped).tolist()))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, compress
+from operator import attrgetter
 from typing import Any, get_args
 
 import numpy as np
@@ -100,36 +101,80 @@ def _total_order(findings: Sequence[Finding]) -> tuple[np.ndarray, np.ndarray, n
     """Positions of `findings` in a total order, with their boxes (n, 4) and label codes in that order.
 
     The order is (-score, label, box), then the remaining fields for exact
-    ties, so equal inputs in any order give equal outputs. Only exact ties
-    (rare) are sorted in Python.
+    ties, so equal inputs in any order give equal outputs.
     """
     n = len(findings)
-    scores = np.fromiter((f.score for f in findings), dtype=np.float64, count=n)
-    boxes = np.fromiter(
-        chain.from_iterable(f.box for f in findings), dtype=np.float64, count=4 * n
-    ).reshape(n, 4)
+    scores = np.fromiter(map(attrgetter("score"), findings), dtype=np.float64, count=n)
+    boxes = finding_boxes(findings)
     if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
         raise TileAssetsError("merge_findings", "a finding has a non-finite score or box")
-    labels = [f.label for f in findings]
-    rank = {label: i for i, label in enumerate(sorted(set(labels)))}
-    codes = np.fromiter(map(rank.__getitem__, labels), dtype=np.int64, count=n)
+    codes, _ = rank_codes(list(map(attrgetter("label"), findings)))
 
     order = visiting_order(scores, boxes, codes)
     scores, boxes, codes = scores[order], np.take(boxes, order, axis=0), codes[order]
-
     tie_next = (
         (scores[1:] == scores[:-1])
         & (codes[1:] == codes[:-1])
         & (boxes[1:] == boxes[:-1]).all(axis=1)
     )
     if tie_next.any():
-        # Runs of equal (score, label, box): start where a tie begins, end after it stops.
-        edges = np.diff(np.concatenate(([0], tie_next.astype(np.int8), [0])))
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            run_positions = order[start:stop].tolist()
-            order[start:stop] = sorted(run_positions, key=lambda i: _tie_key(findings[i]))
+        _break_ties(findings, order, tie_next)
     return order, boxes, codes
+
+
+def finding_boxes(findings: Sequence[Finding]) -> np.ndarray:
+    """The boxes of `findings` as an (n, 4) float array."""
+    n = len(findings)
+    flat = chain.from_iterable(map(attrgetter("box"), findings))
+    return np.fromiter(flat, dtype=np.float64, count=4 * n).reshape(n, 4)
+
+
+def rank_codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+    """Codes that sort as `values` do (each value's rank among the distinct ones), and the distinct values, sorted."""
+    distinct = sorted(set(values))
+    rank = {value: i for i, value in enumerate(distinct)}
+    return np.fromiter(map(rank.__getitem__, values), dtype=np.int64, count=len(values)), distinct
+
+
+def _runs(tie_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop positions of the runs of equal neighbours, given which position equals the next."""
+    edges = np.diff(np.concatenate(([0], tie_next.astype(np.int8), [0])))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
+
+
+def _break_ties(findings: Sequence[Finding], order: np.ndarray, tie_next: np.ndarray) -> None:
+    """Sort each run of equal (score, label, box) in `order` by (tile id, area, model, version, attributes).
+
+    Runs are common: overlapping tiles see the same pixels and report the
+    same object twice, differing only in tile id. One stable lexsort on
+    codes of the first four fields settles them; only findings equal in
+    all four too are compared by their attributes' JSON.
+    """
+    starts, stops = _runs(tie_next)
+    lengths = stops - starts
+    at = np.repeat(starts, lengths) + _ragged_arange(lengths)
+    fetch = np.argsort(order[at])
+    tied = [findings[i] for i in order[at][fetch].tolist()]  # input order: see `_absorb_groups`
+    back = np.argsort(fetch)
+    keys = tuple(
+        key[back]
+        for key in (
+            rank_codes(list(map(attrgetter("model_version"), tied)))[0],
+            rank_codes(list(map(attrgetter("model"), tied)))[0],
+            np.fromiter(map(attrgetter("area_px"), tied), dtype=np.float64, count=len(tied)),
+            rank_codes(list(map(attrgetter("tile_id"), tied)))[0],
+        )
+    )
+    run = np.repeat(np.arange(len(starts)), lengths)
+    sorted_at = np.lexsort((*keys, run))
+    order[at] = order[at][sorted_at]
+    same = np.ones(len(at) - 1, dtype=bool)
+    for key in (run, *keys):
+        ranked = key[sorted_at]
+        same &= ranked[1:] == ranked[:-1]
+    for start, stop in zip(*(x.tolist() for x in _runs(same)), strict=True):
+        span = at[start:stop]  # consecutive positions: a run never has gaps
+        order[span] = sorted(order[span].tolist(), key=lambda i: _attributes_key(findings[i]))
 
 
 def visiting_order(scores: np.ndarray, boxes: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -153,14 +198,8 @@ def visiting_order(scores: np.ndarray, boxes: np.ndarray, codes: np.ndarray) -> 
     return order
 
 
-def _tie_key(f: Finding) -> tuple[Any, ...]:
-    return (
-        f.tile_id,
-        f.area_px,
-        f.model,
-        f.model_version,
-        json.dumps(f.attributes, sort_keys=True, default=str),
-    )
+def _attributes_key(f: Finding) -> str:
+    return json.dumps(f.attributes, sort_keys=True, default=str)
 
 
 MAX_BANDS_PER_BOX = 4
@@ -177,21 +216,36 @@ def _ragged_arange(counts: np.ndarray) -> np.ndarray:
 def _matching_pairs(
     boxes: np.ndarray, codes: np.ndarray | None, metric: MatchMetric, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j), each once, of boxes that match; with `codes`, of equal code only.
+    """Index pairs (i < j), each once, of boxes that match; with `codes`, of equal code only."""
+    left, right, inter = overlapping_pairs(boxes, codes)
+    x0, y0, x1, y1 = boxes.T
+    areas = (x1 - x0) * (y1 - y0)
+    area_a, area_b = areas[left], areas[right]
+    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
+    match = inter / denom >= threshold
+    return left[match], right[match]
 
-    Candidates come from a sweep over horizontal bands (twice the median
-    box height): every box enters each band it spans, sorted by left edge,
-    and pairs with the boxes of its band whose left edge lies before its
-    right edge, which is exactly an overlap in x. A pair is kept only in
-    the band holding the top of its intersection, so it comes out once.
-    Each code gets bands of its own, so boxes of different codes never meet.
+
+def overlapping_pairs(
+    boxes: np.ndarray, codes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index pairs (i < j), each once, of boxes whose intersection has an area, and that area.
+
+    With `codes`, only boxes of equal code pair. Zero-area and non-finite
+    boxes pair with nothing. Candidates come from a sweep over horizontal
+    bands (twice the median box height): every box enters each band it
+    spans, sorted by left edge, and pairs with the boxes of its band whose
+    left edge lies before its right edge, which is exactly an overlap in x.
+    A pair is kept only in the band holding the top of its intersection, so
+    it comes out once. Each code gets bands of its own, so boxes of
+    different codes never meet.
     """
     x0, y0, x1, y1 = np.ascontiguousarray(boxes.T)
-    valid = (x1 > x0) & (y1 > y0)  # zero-area boxes never match
+    valid = (x1 > x0) & (y1 > y0) & np.isfinite(boxes).all(axis=1)
     n = int(valid.sum())
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
-        return empty, empty
+        return empty, empty, np.empty(0, dtype=np.float64)
     height = max(2.0 * float(np.median((y1 - y0)[valid])), float(np.finfo(np.float64).tiny))
     top = float(np.where(valid, y0, np.inf).min())
     # From here on, valid boxes are numbered by rank of left edge (invalid ones sort last).
@@ -223,12 +277,8 @@ def _matching_pairs(
     overlap = inter_h > 0
     left, right, inter_h = left[overlap], right[overlap], inter_h[overlap]
     inter = (np.minimum(x1[left], x1[right]) - np.maximum(x0[left], x0[right])) * inter_h
-    areas = (x1 - x0) * (y1 - y0)
-    area_a, area_b = areas[left], areas[right]
-    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
-    match = inter / denom >= threshold
-    left, right = by_x[left[match]], by_x[right[match]]
-    return np.minimum(left, right), np.maximum(left, right)
+    left, right = by_x[left], by_x[right]
+    return np.minimum(left, right), np.maximum(left, right), inter
 
 
 MAX_VECTOR_ROUNDS = 64
@@ -287,46 +337,87 @@ def _absorb_groups(
 ) -> list[Finding]:
     """Greedy NMM: each keeper grown to the union of the boxes it took, areas summed and capped.
 
-    Union boxes are computed for all groups at once in numpy; only the
-    groups that took something build a new `Finding`.
+    Union boxes, counts, summed areas and tile sets are computed for all
+    groups at once on arrays; only the groups that took something build a
+    new `Finding`. Areas are summed in visiting order, keeper first, as a
+    loop over each group would add them, so the floats come out the same.
     """
     n = len(order)
     union = boxes.copy()
     for side, reduce in enumerate((np.minimum, np.minimum, np.maximum, np.maximum)):
         reduce.at(union[:, side], owner, boxes[:, side])
-    grown = np.flatnonzero(np.bincount(owner, minlength=n) > 1)
-    # Grouped by keeper, each group in visiting order: the keeper (smallest) first.
-    by_owner = np.argsort(owner, kind="stable")
-    grouped = owner[by_owner]
-    starts = np.searchsorted(grouped, grown).tolist()
-    ends = np.searchsorted(grouped, grown, side="right").tolist()
-    members = order[by_owner].tolist()
+    sizes = np.bincount(owner, minlength=n)
+    grown = np.flatnonzero(sizes > 1)
+    visit = np.empty(n, dtype=np.int64)
+    visit[order] = np.arange(n)
+    # Members of grown groups fetched in input order, the order they were made in and
+    # mostly lie in memory: in visiting order, nearly every access is a cache miss.
+    member = np.flatnonzero(sizes[owner[visit]] > 1)
+    member_owner = owner[visit[member]]
+    group = [findings[i] for i in member.tolist()]
+    attributes = list(map(attrgetter("attributes"), group))
+    # Results of an earlier merge stand for merged_count findings.
+    earlier = [k for k, a in enumerate(attributes) if MERGED_COUNT in a]
+    counts = np.ones(len(group), dtype=np.int64)
+    counts[earlier] = [int(attributes[k][MERGED_COUNT]) for k in earlier]
+    count = np.bincount(member_owner, weights=counts, minlength=n)[grown]
+    areas = np.fromiter(map(attrgetter("area_px"), group), dtype=np.float64, count=len(group))
+    by_visit = np.argsort(visit[member])
+    area = np.bincount(member_owner[by_visit], weights=areas[by_visit], minlength=n)[grown]
+    sides = union[grown, 2:] - union[grown, :2]
+    area = np.minimum(area, sides[:, 0] * sides[:, 1])
+    tiles = _group_tiles(group, attributes, member_owner, grown)
 
-    merged: dict[int, Finding] = {}
-    for k, start, end, (x0, y0, x1, y1) in zip(
-        grown.tolist(), starts, ends, union[grown].tolist(), strict=True
+    result = [findings[i] for i in order[keepers].tolist()]
+    for at, i, x0, y0, x1, y1, c, a, t in zip(
+        np.searchsorted(keepers, grown).tolist(),
+        order[grown].tolist(),
+        *union[grown].T.tolist(),
+        count.astype(np.int64).tolist(),
+        area.tolist(),
+        tiles,
+        strict=True,
     ):
-        group = [findings[i] for i in members[start:end]]
-        count, area, tiles = 0, 0.0, set()
-        for f in group:
-            if f.attributes:
-                count += int(f.attributes.get(MERGED_COUNT, 1))
-                tiles.update(f.attributes.get(MERGED_TILES, (f.tile_id,) if f.tile_id else ()))
-            else:
-                count += 1
-                if f.tile_id:
-                    tiles.add(f.tile_id)
-            area += f.area_px
-        keeper = group[0]
-        merged[k] = Finding(
+        keeper = findings[i]
+        result[at] = Finding(
             keeper.label,
             keeper.score,
             (x0, y0, x1, y1),
             keeper.tile_id,
-            min(area, (x1 - x0) * (y1 - y0)),
+            a,
             keeper.model,
             keeper.model_version,
-            {**keeper.attributes, MERGED_COUNT: count, MERGED_TILES: sorted(tiles)},
+            {**keeper.attributes, MERGED_COUNT: c, MERGED_TILES: t},
         )
-    kept = zip(keepers.tolist(), order[keepers].tolist(), strict=True)
-    return [merged.get(k) or findings[i] for k, i in kept]
+    return result
+
+
+def _group_tiles(
+    members: list[Finding],
+    attributes: list[dict[str, Any]],
+    member_owner: np.ndarray,
+    grown: np.ndarray,
+) -> list[list[Any]]:
+    """For each owner in `grown`, the sorted distinct tiles of its members.
+
+    A member brings its own tile id (none if empty), or the merged_tiles an
+    earlier merge gave it.
+    """
+    with_tiles = [k for k, a in enumerate(attributes) if MERGED_TILES in a]
+    earlier_tiles = [attributes[k][MERGED_TILES] for k in with_tiles]
+    tile_ids = list(map(attrgetter("tile_id"), members))
+    own = np.fromiter(map(bool, tile_ids), dtype=bool, count=len(members))
+    own[with_tiles] = False
+    codes, names = rank_codes(
+        list(compress(tile_ids, own.tolist())) + list(chain.from_iterable(earlier_tiles))
+    )
+    tile_owner = np.concatenate(
+        (member_owner[own], np.repeat(member_owner[with_tiles], list(map(len, earlier_tiles))))
+    )
+    pairs = np.sort(tile_owner * len(names) + codes)
+    pairs = pairs[np.diff(pairs, prepend=-1) > 0]  # distinct (owner, tile) pairs
+    pair_owner, pair_tile = np.divmod(pairs, max(len(names), 1))
+    starts = np.searchsorted(pair_owner, grown).tolist()
+    stops = np.searchsorted(pair_owner, grown, side="right").tolist()
+    tiles = [names[t] for t in pair_tile.tolist()]
+    return [tiles[start:stop] for start, stop in zip(starts, stops, strict=True)]

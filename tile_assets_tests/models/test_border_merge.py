@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tile_assets.core.borders import is_cut, prefer_whole
 from tile_assets.core.errors import TileAssetsError
@@ -109,6 +111,58 @@ def test_bad_arguments_raise_typed_errors() -> None:
         prefer_whole([], WINDOWS, WIDTH, HEIGHT, containment=0.0)
     with pytest.raises(TileAssetsError, match="margin_px"):
         prefer_whole([], WINDOWS, WIDTH, HEIGHT, margin_px=-1)
+
+
+def _covered_share(piece: Box, whole: Box) -> float:
+    iw = max(0.0, min(piece[2], whole[2]) - max(piece[0], whole[0]))
+    ih = max(0.0, min(piece[3], whole[3]) - max(piece[1], whole[1]))
+    area = (piece[2] - piece[0]) * (piece[3] - piece[1])
+    return iw * ih / area if area > 0 else 0.0
+
+
+def _views(x0: int, y0: int, w: int, h: int, tile: str, label: str) -> Finding:
+    return finding((x0, y0, x0 + w, y0 + h), WINDOWS.get(tile), label)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            _views,
+            st.integers(60, 140),
+            st.integers(0, 90),
+            st.integers(0, 40),
+            st.integers(0, 20),
+            st.sampled_from([*WINDOWS, "overview"]),
+            st.sampled_from(["car", "truck"]),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([0.0, 1.0]),
+    st.sampled_from([0.5, 0.9, 1.0]),
+    st.booleans(),
+)
+def test_prefer_whole_drops_exactly_the_cut_views_some_whole_view_covers(
+    items: list[Finding], margin: float, containment: float, agnostic: bool
+) -> None:
+    """Against the definition, checked over every pair."""
+    cut = [f.tile_id in WINDOWS and is_cut(f.box, WINDOWS[f.tile_id], WIDTH, HEIGHT, margin) for f in items]
+    expected = [
+        f
+        for f, f_cut in zip(items, cut, strict=True)
+        if not f_cut
+        or not any(
+            not g_cut
+            and (agnostic or g.label == f.label)
+            and _covered_share(f.box, g.box) >= containment
+            for g, g_cut in zip(items, cut, strict=True)
+        )
+    ]
+    kept = prefer_whole(
+        items, WINDOWS, WIDTH, HEIGHT,
+        margin_px=margin, containment=containment, class_agnostic=agnostic,
+    )
+    assert kept == expected
 
 
 # --- a real object straddling a tile border ---------------------------------------
