@@ -27,8 +27,8 @@ from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import scene_key
 from tile_assets.core.registry import register_scene
 from tile_assets.core.store import Store, join_uri
-from tile_assets.definitions import build_definitions
-from tile_assets.jobs import process_scene, refresh_catalog
+from tile_assets.definitions import build_definitions, catalog_job, scene_job
+from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
 from tile_assets.sensors import scene_run_tags
@@ -43,15 +43,6 @@ PARENT_OUTCOME_TAGS = frozenset(
 LOCATION_TAGS = {"tile_assets/inbox": "TILE_ASSETS_INBOX", "tile_assets/catalog": "TILE_ASSETS_CATALOG"}
 """Run tags naming the inbox and catalog a CLI run used, and the variables `resume` restores them to."""
 console = Console(stderr=True)
-
-
-def scene_job() -> dg.JobDefinition:
-    """The per-scene job, rebuilt from the environment in every step process."""
-    return build_definitions(Settings.from_environment()).resolve_job_def(process_scene.name)
-
-
-def catalog_job() -> dg.JobDefinition:
-    return build_definitions(Settings.from_environment()).resolve_job_def(refresh_catalog.name)
 
 
 def ensure_dagster_home() -> Path:

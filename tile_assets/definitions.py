@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import dagster as dg
@@ -56,3 +57,22 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 @dg.definitions
 def defs() -> dg.Definitions:
     return build_definitions(Settings.from_environment())
+
+
+def scene_job() -> dg.JobDefinition:
+    """The per-scene job for the environment's settings: what CLI runs pass to `dg.reconstructable`.
+
+    It lives here, not in the CLI, so step processes rebuild it from a module
+    the multiprocess executor's forkserver preloads.
+    """
+    return resolved_job(Settings.from_environment(), process_scene.name)
+
+
+def catalog_job() -> dg.JobDefinition:
+    return resolved_job(Settings.from_environment(), refresh_catalog.name)
+
+
+@functools.lru_cache(maxsize=8)
+def resolved_job(settings: Settings, name: str) -> dg.JobDefinition:
+    """Built once per process and settings: a step process resolves its job twice (plan, then execution)."""
+    return build_definitions(settings).resolve_job_def(name)
