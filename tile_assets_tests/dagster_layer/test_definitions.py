@@ -149,3 +149,21 @@ def test_core_never_imports_dagster() -> None:
         for path in sources
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_processes_forked_after_import_freeze_the_heap_they_inherit() -> None:
+    """Step processes a forkserver forks skip the full GC over the preloaded modules (tile_assets.executors)."""
+    import gc
+    import os
+
+    import tile_assets.executors  # noqa: F401 - registers the fork hook
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its frozen object count and leaves at once
+        os.write(write, str(gc.get_freeze_count()).encode())
+        os._exit(0)
+    os.close(write)
+    frozen = int(os.read(read, 64))
+    os.waitpid(pid, 0)
+    assert frozen > 10_000
