@@ -40,6 +40,7 @@ from typing import Any
 
 from bench.harness import WORK, Progress, Row, emit, run_side, timed
 from bench.scenes import mosaic
+from tile_assets.executors import FORKSERVER
 
 OVERLAP = 0.2
 FAIL_EVERY = 10
@@ -50,12 +51,7 @@ MODEL_DELAY_S = 0.05
 FLAKY = "tile_assets_tests.fanout.faulty_models:FlakyModel"
 EXECUTORS: dict[str, dict[str, Any]] = {
     "in_process": {"in_process": {}},
-    "multiprocess": {
-        "multiprocess": {
-            "max_concurrent": 2,
-            "start_method": {"forkserver": {"preload_modules": ["dagster", "tile_assets.definitions"]}},
-        }
-    },
+    "multiprocess": {"multiprocess": {"max_concurrent": 2, **FORKSERVER}},
 }
 OVERHEAD_TARGET = 0.10
 RERUN_TARGET = 0.15

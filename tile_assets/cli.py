@@ -28,6 +28,7 @@ from tile_assets.core.keys import scene_key
 from tile_assets.core.registry import register_scene
 from tile_assets.core.store import Store, join_uri
 from tile_assets.definitions import build_definitions, catalog_job, scene_job
+from tile_assets.executors import FORKSERVER
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
@@ -71,7 +72,7 @@ class SceneOutcome:
 def run_config(args: argparse.Namespace) -> dict:
     """Run config from the CLI flags: executor, tiling, model and batching."""
     config: dict = {
-        "execution": {"config": {args.executor: {}}},
+        "execution": {"config": {args.executor: FORKSERVER if args.executor == "multiprocess" else {}}},
         "ops": {
             "tiles": {"config": {"tile_size": args.tile_size, "overlap": args.overlap, "edge": args.edge}},
             "tile_findings": {
