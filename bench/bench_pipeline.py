@@ -49,9 +49,9 @@ SAMPLE_S = 0.05
 _pipeline_results: dict[int, list[dict[str, Any]]] = {}
 
 
-def _children(parent: int) -> list[int]:
-    """Pids whose parent is `parent` (step processes of the multiprocess executor)."""
-    out = []
+def _descendants(root: int) -> list[int]:
+    """Pids below `root`: step processes (the forkserver's children) and the forkserver itself."""
+    parents: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -59,26 +59,46 @@ def _children(parent: int) -> list[int]:
             stat = Path(f"/proc/{entry.name}/stat").read_text()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            out.append(int(entry.name))
-    return out
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process so far, from /proc/<pid>/stat; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler(threading.Thread):
-    """Samples (time, VmRSS, VmHWM) of every child of this process until stopped."""
+    """Samples (time, VmRSS, VmHWM) and CPU of every descendant of this process until stopped.
+
+    Step processes are the forkserver's children, not ours, so their CPU never
+    reaches RUSAGE_CHILDREN: it is the last value sampled (up to SAMPLE_S short).
+    """
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: dict[int, list[tuple[float, int, int]]] = {}
+        self.cpu: dict[int, float] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
         me = os.getpid()
         while not self._halt.is_set():
-            for pid in _children(me):
-                mem = status(str(pid))
+            for pid in _descendants(me):
+                mem, cpu = status(str(pid)), _cpu_seconds(pid)
                 if mem:
                     self.samples.setdefault(pid, []).append((time.time(), mem["VmRSS"], mem["VmHWM"]))
+                if cpu is not None:
+                    self.cpu[pid] = cpu
             self._halt.wait(SAMPLE_S)
 
     def stop(self) -> None:
@@ -140,8 +160,8 @@ def side_pipeline(scene: str, work: str) -> None:
     )
     seconds = time.perf_counter() - start
     sampler.stop()
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (me.ru_utime - cpu0.ru_utime) + (me.ru_stime - cpu0.ru_stime) + kids.ru_utime + kids.ru_stime
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (me.ru_utime - cpu0.ru_utime) + (me.ru_stime - cpu0.ru_stime) + sum(sampler.cpu.values())
     if not result.success:
         raise SystemExit(f"pipeline run {result.run_id} failed")
 
