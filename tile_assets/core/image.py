@@ -17,6 +17,9 @@ from tile_assets.core.types import TileWindow
 class TileImage:
     """One tile's pixels: `data` is (bands, rows, cols), masked where invalid.
 
+    A tile without invalid pixels has no mask array (`np.ma.nomask`): ask
+    `valid` or `np.ma.getmaskarray`, not `data.mask`, for one.
+
     `colorinterp` names each band ("red", "green", "blue", "nir", "gray",
     "alpha" dropped already, "undefined"); models pick bands by name.
     `data` keeps the source dtype; `scale_max` is the value that means "full
@@ -32,7 +35,9 @@ class TileImage:
     @property
     def valid(self) -> np.ndarray:
         """Boolean (rows, cols): True where every band holds a valid pixel."""
-        mask = np.ma.getmaskarray(self.data)
+        mask = np.ma.getmask(self.data)
+        if mask is np.ma.nomask:
+            return np.ones(self.data.shape[1:], dtype=bool)
         return ~mask.any(axis=0)
 
     def band(self, name: str) -> np.ma.MaskedArray | None:

@@ -36,7 +36,7 @@ from tile_assets.core.errors import (
 )
 from tile_assets.core.grid import MAX_TILE_SIZE
 from tile_assets.core.image import TileImage
-from tile_assets.core.read_order import read_order
+from tile_assets.core.read_order import cache_bytes_for, read_order
 from tile_assets.core.store import Store
 from tile_assets.core.types import GridSpec, SceneInfo, TileWindow
 
@@ -72,9 +72,16 @@ MAX_BANDS = 16
 """Most non-alpha bands accepted (multispectral yes, hyperspectral cubes no)."""
 
 GDAL_CACHE_BYTES = 32 * 1024 * 1024
-"""GDAL block cache per process. Unbounded it grows to 5 % of RAM with the scene
-size; 32 MB holds the blocks a batch's tiles share when they are read in
-`read_order` (a column of 512 x 512 blocks, 4 bands, ten tile rows high)."""
+"""GDAL block cache per process; unbounded it grows to 5 % of RAM with the scene.
+It sets `read_order`'s band height, and so how batches are cut: with 512 x 512
+blocks of 4 bytes a pixel (1 MB) and 512 px tiles, bands are 14 block rows
+(7,168 px) tall, a batch of 256 tiles is about as tall as it is wide and shares
+few blocks with the others, and its reader decodes each of its blocks once."""
+
+GDAL_MAX_CACHE_BYTES = 128 * 1024 * 1024
+"""Most a `TileReader`'s cache grows to when its tiles span several bands in one
+tile column (a whole scene in one reader), so their shared block rows are not
+decoded twice: one band up to 31,744 px tall (1 MB blocks, 512 px tiles)."""
 
 _PROBE_SIDE = 256
 _TRANSIENT_MARKERS = (
@@ -504,10 +511,12 @@ def valid_fraction(summary: MaskSummary, window: TileWindow) -> float:
     return float(cells.mean()) if cells.size else 0.0
 
 
-def scale_max_of(values: np.ndarray, valid: np.ndarray) -> float:
+def scale_max_of(values: np.ndarray, valid: np.ndarray | None) -> float:
+    """The value meaning full brightness: 255 for uint8, else the 99th percentile of the
+    `valid` (rows, cols) pixels (None: all of them), at least 1."""
     if values.dtype == np.uint8:
         return 255.0
-    chosen = values[:, valid]
+    chosen = values if valid is None else values[:, valid]
     if chosen.size == 0:
         return 1.0
     return max(float(np.percentile(chosen, 99)), 1.0)
@@ -521,7 +530,8 @@ class BandLayout:
     (integer data, no alpha, no internal mask): a pixel is then invalid when
     every band holds its nodata value, exactly GDAL's dataset mask, computed
     from the pixels already read instead of reading the bands again.
-    `all_valid` is set when GDAL says every pixel is valid.
+    `all_valid` is set when no pixel can be invalid: GDAL says so, or a band's
+    nodata value lies outside its dtype's range (that band never holds it).
     """
 
     indexes: tuple[int, ...]
@@ -549,29 +559,32 @@ def band_layout(ds: DatasetReader) -> BandLayout:
         and all(v is not None and float(v).is_integer() for v in nodatavals)
     ):
         nodata = tuple(int(v) for v in nodatavals)
+        info = np.iinfo(dtype)
+        if not all(info.min <= value <= info.max for value in nodata):
+            all_valid, nodata = True, None
     return BandLayout(indexes, band_names(ds), dtype, all_valid, nodata)
 
 
 def _invalid_pixels(
     ds: DatasetReader, layout: BandLayout, data: np.ndarray, window: Window
-) -> np.ndarray:
-    """(rows, cols) True where a pixel is invalid: GDAL's dataset mask, plus NaN for float data."""
+) -> np.ndarray | None:
+    """(rows, cols) True where a pixel is invalid (GDAL's dataset mask, plus NaN for float
+    data), or None when every pixel is valid, as in most tiles."""
     if layout.all_valid:
-        return np.zeros(data.shape[1:], dtype=bool)
+        return None
     if layout.nodata is not None:
-        info = np.iinfo(layout.dtype)
-        if not all(info.min <= value <= info.max for value in layout.nodata):
-            return np.zeros(data.shape[1:], dtype=bool)  # a band that never holds its nodata
-        # Invalid where every band holds its nodata value: no bit differs in any band.
-        differs = np.bitwise_xor(data[0], layout.nodata[0])
+        # Invalid where every band holds its nodata value. Most tiles have a band that
+        # never does, often the first, and are settled after one pass over it.
+        invalid: np.ndarray = data[0] == layout.nodata[0]
         for band, value in zip(data[1:], layout.nodata[1:], strict=True):
-            differs |= np.bitwise_xor(band, value)
-        invalid: np.ndarray = differs == 0
-        return invalid
-    mask: np.ndarray = ds.dataset_mask(window=window) == 0
-    if layout.dtype.kind == "f":
-        mask |= np.isnan(data).any(axis=0)
-    return mask
+            if not invalid.any():
+                return None
+            invalid &= band == value
+    else:
+        invalid = ds.dataset_mask(window=window) == 0
+        if layout.dtype.kind == "f":
+            invalid |= np.isnan(data).any(axis=0)
+    return invalid if invalid.any() else None
 
 
 def read_tile(
@@ -580,7 +593,8 @@ def read_tile(
     """Read one tile's data bands as a masked array (source dtype).
 
     Invalid pixels (nodata, alpha 0, internal mask, NaN) are masked in every
-    band, as GDAL's dataset mask says. Parts of the window outside the image
+    band, as GDAL's dataset mask says; a tile without any has no mask array
+    (`np.ma.nomask`). Parts of the window outside the image
     are masked, never read; in "pad" mode the tile is padded with masked
     pixels to `spec.tile_size` square. Raises `RasterReadError` when GDAL
     cannot decode the window. `layout` (from `band_layout(ds)`) saves working
@@ -600,6 +614,7 @@ def read_tile(
     col1 = min(window.col_off + window.width, ds.width)
     row1 = min(window.row_off + window.height, ds.height)
     data: np.ndarray | None = None
+    mask: np.ndarray | None = None
     if col1 > col0 and row1 > row0:
         inside = Window(col0, row0, col1 - col0, row1 - row0)
         try:
@@ -616,19 +631,15 @@ def read_tile(
         if data is not None:
             r, c = row0 - window.row_off, col0 - window.col_off
             values[:, r : r + data.shape[1], c : c + data.shape[2]] = data
-            invalid[r : r + data.shape[1], c : c + data.shape[2]] = mask
+            invalid[r : r + data.shape[1], c : c + data.shape[2]] = False if mask is None else mask
 
-    # Zeroed pages cost nothing until touched: most tiles have no invalid pixel.
-    full_mask = (
-        np.broadcast_to(invalid, values.shape).copy()
-        if invalid.any()
-        else np.zeros(values.shape, dtype=bool)
-    )
+    # Most tiles have no invalid pixel, and then no mask array: nomask, not 1 byte a value.
+    full_mask = np.ma.nomask if invalid is None else np.broadcast_to(invalid, values.shape).copy()
     return TileImage(
         window=window,
         data=np.ma.MaskedArray(values, mask=full_mask),
         colorinterp=layout.names,
-        scale_max=scale_max_of(values, ~invalid),
+        scale_max=scale_max_of(values, None if invalid is None else ~invalid),
     )
 
 
@@ -671,8 +682,17 @@ class TileReader:
         return read_tile(self.dataset, window, spec, self._layout)
 
     def in_read_order(self, windows: Sequence[TileWindow]) -> list[TileWindow]:
-        """`windows` reordered so the blocks they share stay in GDAL's cache between reads."""
+        """`windows` reordered so the blocks they share stay in GDAL's cache between reads.
+
+        Call it before reading them: when they span several bands in one tile
+        column, this reader's GDAL cache grows (`cache_bytes_for`).
+        """
         ds = self.dataset
-        block_rows, block_cols = ds.block_shapes[0]
-        block_bytes = block_rows * block_cols * sum(np.dtype(dt).itemsize for dt in ds.dtypes)
-        return read_order(windows, (block_rows, block_cols), block_bytes, GDAL_CACHE_BYTES)
+        block_shape = ds.block_shapes[0]
+        block_bytes = block_shape[0] * block_shape[1] * sum(np.dtype(dt).itemsize for dt in ds.dtypes)
+        cache_bytes = cache_bytes_for(
+            windows, block_shape, block_bytes, GDAL_CACHE_BYTES, GDAL_MAX_CACHE_BYTES
+        )
+        if cache_bytes > GDAL_CACHE_BYTES:
+            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_bytes))
+        return read_order(windows, block_shape, block_bytes, cache_bytes)

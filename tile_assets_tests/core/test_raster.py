@@ -15,6 +15,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from tile_assets.core import raster
 from tile_assets.core.errors import (
     InvalidSourceError,
     RasterReadError,
@@ -310,6 +311,24 @@ def test_gdal_cache_is_bounded_in_bytes() -> None:
     assert gdal_env_options("/vsis3/bucket/key.tif")["VSI_CACHE"] == "TRUE"
 
 
+def test_reader_cache_grows_when_a_tile_column_spans_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """naip_2018.tif has 1 MB blocks (512 x 512 x 4 bands): 3 MB makes bands one block row tall."""
+    monkeypatch.setattr(raster, "GDAL_CACHE_BYTES", 3 * 2**20)
+    spec = GridSpec(tile_size=128, overlap=0.2)
+    windows = plan_grid(934, 724, spec)
+    with TileReader(STORE, str(INBOX / "naip_2018.tif")) as reader:
+        first_row = reader.in_read_order([w for w in windows if w.row == 0])
+        assert int(rasterio.env.getenv()["GDAL_CACHEMAX"]) == 3 * 2**20  # one band: no growth
+        ordered = reader.in_read_order(windows)
+        # tops in 2 block rows, 1 more the tiles reach, 1 of room; 2 block columns a tile spans
+        assert int(rasterio.env.getenv()["GDAL_CACHEMAX"]) == 2 * (2 + 1 + 1) * 2**20
+        tiles = [reader.read(w, spec) for w in ordered]
+    assert sorted(first_row, key=lambda w: w.col) == [w for w in windows if w.row == 0]
+    assert sorted(ordered, key=lambda w: w.tile_id) == sorted(windows, key=lambda w: w.tile_id)
+    assert [w.col_off for w in ordered] == sorted(w.col_off for w in windows)  # one band: column by column
+    assert all(t.valid.all() for t in tiles)
+
+
 # --- broken sources -------------------------------------------------------------------------
 
 
@@ -501,6 +520,7 @@ def test_naip_tile_has_nir_band_scaled() -> None:
     nir = tile.band("nir")
     assert tile.data.shape == (4, 256, 256) and nir is not None
     assert 0.0 <= float(nir.min()) and float(nir.max()) <= 1.0 and tile.valid.all()
+    assert np.ma.getmask(tile.data) is np.ma.nomask  # no invalid pixel: no mask array
 
 
 def test_tile_reader_closes_dataset() -> None:

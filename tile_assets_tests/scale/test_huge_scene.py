@@ -10,6 +10,7 @@ rejected by `describe` with a reason naming what is wrong.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from tile_assets.core.grid import plan_grid
 from tile_assets.core.inference import run_batch
 from tile_assets.core.models.classical import ClassicalModel
 from tile_assets.core.raster import MAX_PIXELS, describe, open_raster
-from tile_assets.core.read_order import read_order
+from tile_assets.core.read_order import band_height, cache_bytes_for, read_order
 from tile_assets.core.store import LocalStore
 from tile_assets.core.tiling import build_manifest, manifest_windows
 from tile_assets.core.types import GridSpec, SceneInfo, TileWindow
@@ -210,8 +211,64 @@ def test_read_order_keeps_the_windows_and_walks_bands_column_by_column() -> None
     assert sorted(ordered, key=lambda w: w.tile_id) == sorted(windows, key=lambda w: w.tile_id)
     tops = np.array([w.row_off for w in ordered])
     lefts = np.array([w.col_off for w in ordered])
-    bands = tops // 4096  # 32 MB of 1 MB blocks: 10 block rows per column, less a tile and a block
+    # 32 MB of 1 MB blocks: 16 block rows for each of the 2 block columns a tile spans,
+    # less a block row the tiles reach below their tops and one of room
+    bands = tops // 7168
     assert (np.diff(bands) >= 0).all()
     same_band = np.diff(bands) == 0
     assert (np.diff(lefts)[same_band] >= 0).all()  # within a band: column by column, left to right
-    assert len(set(bands.tolist())) == 5
+    assert len(set(bands.tolist())) == 3
+
+
+@pytest.mark.parametrize(
+    ("tile", "overlap", "block", "cache_blocks"),
+    [
+        (512, 0.2, 512, 32),
+        (512, 0.2, 512, 96),
+        (1024, 0.2, 256, 200),
+        (256, 0.5, 512, 20),
+        (300, 0.3, 256, 40),
+    ],
+)
+def test_read_order_decodes_each_block_once_per_band(
+    tile: int, overlap: float, block: int, cache_blocks: int
+) -> None:
+    """An LRU cache one block smaller than the nominal size (GDAL counts a little more than a
+    block's pixels) decodes every block once, and the block rows neighbouring bands share
+    (one, two where the tiles' overlap straddles a block edge) twice: no thrashing."""
+    windows = plan_grid(12_000, 12_000, GridSpec(tile, overlap))
+    ordered = read_order(windows, (block, block), 1, cache_blocks)
+    lru: OrderedDict[tuple[int, int], None] = OrderedDict()
+    decoded = 0
+    for w in ordered:
+        for key in _blocks(w, block):
+            if key in lru:
+                lru.move_to_end(key)
+                continue
+            decoded += 1
+            lru[key] = None
+            if len(lru) > cache_blocks - 1:
+                lru.popitem(last=False)
+    bands = len({w.row_off // band_height((block, block), (tile, tile), 1, cache_blocks) for w in windows})
+    unique = len({key for w in windows for key in _blocks(w, block)})
+    assert decoded <= unique + 2 * (bands - 1) * -(-12_000 // block)
+
+
+def _blocks(w: TileWindow, block: int) -> list[tuple[int, int]]:
+    return [
+        (r, c)
+        for r in range(w.row_off // block, (w.row_off + w.height - 1) // block + 1)
+        for c in range(w.col_off // block, (w.col_off + w.width - 1) // block + 1)
+    ]
+
+
+def test_cache_grows_for_a_whole_scene_not_for_batches_cut_along_the_read_order() -> None:
+    windows = plan_grid(20_000, 20_000, SPEC)
+    least, most = 32 * 2**20, 128 * 2**20
+    for batch in plan_batches(read_order(windows, (512, 512), 2**20, least), 8, 256):
+        assert cache_bytes_for(batch.windows, (512, 512), 2**20, least, most) == least
+    # tops in 39 block rows, 1 more the tiles reach, 1 of room; 2 block columns a tile spans
+    whole = cache_bytes_for(windows, (512, 512), 2**20, least, most)
+    assert whole == 2 * (39 + 1 + 1) * 2**20
+    assert len({w.row_off // band_height((512, 512), (512, 512), 2**20, whole) for w in windows}) == 1
+    assert cache_bytes_for(plan_grid(60_000, 60_000, SPEC), (512, 512), 2**20, least, most) == most
