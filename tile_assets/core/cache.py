@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,6 +34,11 @@ WRITERS = 2
 fsync or an S3 PUT would otherwise add its latency to every chunk."""
 
 PutChunk = Callable[[Sequence[tuple[TileWindow, TileResult]]], None]
+
+
+def _digest(keys: Iterable[str]) -> str:
+    """A name for a set of tile keys, whatever their order."""
+    return hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,7 @@ class TileCache:
         batch; reading just that folder spares each batch the whole scene's
         cache. Reading without a scope still sees every chunk.
         """
-        keys = sorted(self.key(w) for w in windows)
-        return replace(self, scope=hashlib.sha256(",".join(keys).encode()).hexdigest()[:24])
+        return replace(self, scope=_digest(self.key(w) for w in windows))
 
     @property
     def folder(self) -> str:
@@ -126,7 +130,7 @@ class TileCache:
         }
         if not tiles:
             return
-        name = hashlib.sha256(",".join(sorted(tiles)).encode()).hexdigest()[:24]
+        name = _digest(tiles)
         payload = json.dumps({"run_group": self.run_group, "tiles": tiles}, sort_keys=True).encode()
         self.store.write_bytes(join_uri(self.folder, f"{name}.json"), payload, "application/json")
 

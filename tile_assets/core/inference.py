@@ -51,10 +51,6 @@ class BatchReport:
     def tiles_inferred(self) -> int:
         return sum(r.status == "ok" and not r.from_cache for r in self.results)
 
-    @property
-    def tiles_failed(self) -> int:
-        return sum(r.status == "failed" for r in self.results)
-
     def summary(self) -> dict[str, Any]:
         """Counts and the failure rows: what a step hands on (successes are in the cache)."""
         return {
