@@ -22,7 +22,12 @@ from tile_assets.core.raster import open_raster
 from tile_assets.core.store import VersionGuard
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.synthesis_llm import describe_with_bedrock
-from tile_assets.core.tables import FINDING_COLUMNS, findings_from_frame, results_from_frame
+from tile_assets.core.tables import (
+    PREVIEW_COLUMNS,
+    SYNTHESIS_COLUMNS,
+    ParquetBatches,
+    results_from_frame,
+)
 from tile_assets.core.types import SceneInfo
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
@@ -89,14 +94,14 @@ def scene_synthesis(
     store = imagery.catalog_store()
     manifest = read_parquet(store, tiles["uri"])
     results = results_from_frame(read_parquet(store, tile_findings["tile_results_uri"]))
-    # Neither the synthesis nor the preview reads attributes or geometry: leaving them out
-    # skips a JSON parse and a WKB decode per finding.
-    merged = findings_from_frame(read_parquet(store, tile_findings["findings_uri"], FINDING_COLUMNS))
+    # Findings stream past twice, a record batch at a time (the synthesis counts them, the preview
+    # draws them), without the attributes or the geometry: the step never holds them all.
+    merged = ParquetBatches(store, tile_findings["findings_uri"])
     synthesis = synthesize(
         scene,
         manifest,
         results,
-        merged,
+        merged.batches(SYNTHESIS_COLUMNS),
         model_name=tile_findings.get("model", ""),
         model_version=tile_findings.get("model_version", ""),
     )
@@ -107,7 +112,9 @@ def scene_synthesis(
     source = imagery.store_for(scene.uri)
     try:
         with open_raster(source, scene.uri) as ds:
-            png = render_preview(ds, merged)
+            png = render_preview(
+                ds, merged.batches(PREVIEW_COLUMNS), synthesis["counts_by_label"]
+            )
         VersionGuard(source, scene.uri, scene.source_version, scene.fingerprint).check()
     except TileAssetsError as exc:
         raise scene_failure(imagery, key, "scene_synthesis", exc) from exc

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.io import DatasetReader
 
-from tile_assets.core.types import Finding
+from tile_assets.core.tables import BOX_COLUMNS, FindingBatches, record_batches
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,22 @@ PALETTE = (
 )
 
 
-def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int = 1024) -> bytes:
+def render_preview(
+    ds: DatasetReader,
+    findings: FindingBatches,
+    counts_by_label: Mapping[str, int],
+    max_side: int = 1024,
+) -> bytes:
     """PNG bytes (RGBA) of `ds` scaled to fit `max_side`, with a labelled box per finding.
 
     Bands: red/green/blue by colour interpretation, else the first three
     non-alpha bands, else the first band as gray. uint8 data is shown as is;
     other types are stretched per band between the 2nd and 98th percentile
     of valid pixels. Boxes are in scene pixels and scaled to the preview.
+    `findings` (Arrow batches with `tables.PREVIEW_COLUMNS`) are drawn as
+    they stream past, in their order; colours and whether labels are written
+    depend on every finding, so they come from `counts_by_label` (the
+    synthesis's counts of the same findings).
     """
     rgb, valid = read_display(ds, max_side)
     out_h, out_w = valid.shape
@@ -53,10 +64,11 @@ def render_preview(ds: DatasetReader, findings: Sequence[Finding], max_side: int
         rgb = np.repeat(rgb, 3, axis=0)
     alpha = np.where(valid, 255, 0).astype(np.uint8)
     image = Image.fromarray(np.dstack([*rgb, alpha]))
-    _draw_findings(image, findings, out_w / ds.width, out_h / ds.height)
+    _draw_findings(image, findings, counts_by_label, out_w / ds.width, out_h / ds.height)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    log.debug("preview %s: %dx%d, %d boxes", ds.name, out_w, out_h, len(findings))
+    total = sum(counts_by_label.values())
+    log.debug("preview %s: %dx%d, %d boxes", ds.name, out_w, out_h, total)
     return buf.getvalue()
 
 
@@ -111,19 +123,34 @@ MAX_LABELLED = 200
 per box took 20 s for 75,000 findings): boxes are drawn, in their labels' colours, unlabelled."""
 
 
-def _draw_findings(image: Image.Image, findings: Sequence[Finding], sx: float, sy: float) -> None:
-    """Outline each finding's box in its label's colour, with the label above it when few."""
-    colours = {
-        label: PALETTE[i % len(PALETTE)]
-        for i, label in enumerate(sorted({f.label for f in findings}))
-    }
+def _draw_findings(
+    image: Image.Image,
+    findings: FindingBatches,
+    counts_by_label: Mapping[str, int],
+    sx: float,
+    sy: float,
+) -> None:
+    """Outline each finding's box in its label's colour, with the label above it when few.
+
+    Colours go to the labels in sorted order. A batch's boxes are scaled in
+    numpy; PIL still draws them one by one.
+    """
+    labels = sorted(counts_by_label)
+    colours = [(*PALETTE[i % len(PALETTE)], 255) for i in range(len(labels))]
+    known = pa.array(labels, pa.string())
     width = max(1, round(max(image.size) / 400))
     draw = ImageDraw.Draw(image)
-    labelled = len(findings) <= MAX_LABELLED
-    for f in findings:
-        x0, y0, x1, y1 = f.box
-        rect = (x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1))
-        colour = (*colours[f.label], 255)
-        draw.rectangle(rect, outline=colour, width=width)
-        if labelled:
-            draw.text((rect[0] + 2, max(0.0, rect[1] - 11)), f.label, fill=colour)
+    labelled = sum(counts_by_label.values()) <= MAX_LABELLED
+    for batch in record_batches(findings):
+        codes = pc.index_in(batch.column("label"), value_set=known)
+        if codes.null_count:
+            unknown = pc.filter(batch.column("label"), pc.is_null(codes))[0].as_py()
+            raise ValueError(f"preview: label {unknown!r} is not among counts_by_label {labels}")
+        x0, y0, x1, y1 = (batch.column(c).to_numpy(zero_copy_only=False) for c in BOX_COLUMNS)
+        left, top = x0 * sx, y0 * sy
+        right, bottom = np.maximum(left, x1 * sx - 1), np.maximum(top, y1 * sy - 1)
+        rects = zip(left.tolist(), top.tolist(), right.tolist(), bottom.tolist(), strict=True)
+        for rect, code in zip(rects, codes.to_pylist(), strict=True):
+            draw.rectangle(rect, outline=colours[code], width=width)
+            if labelled:
+                draw.text((rect[0] + 2, max(0.0, rect[1] - 11)), labels[code], fill=colours[code])

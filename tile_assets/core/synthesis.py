@@ -11,13 +11,17 @@ import heapq
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tile_assets.core.geo import pixel_to_lonlat
-from tile_assets.core.types import Finding, SceneInfo, TileResult
+from tile_assets.core.tables import BOX_COLUMNS, FindingBatches, record_batches
+from tile_assets.core.types import Box, SceneInfo, TileResult
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ def synthesize(
     scene: SceneInfo,
     manifest: pd.DataFrame,
     results: Sequence[TileResult],
-    merged: Sequence[Finding],
+    merged: FindingBatches,
     *,
     model_name: str = "",
     model_version: str = "",
@@ -51,9 +55,12 @@ def synthesize(
 
     `manifest` lists every planned tile (tile_id, col_off, row_off, width,
     height, ...); `results` holds one result per tile that ran; `merged` are
-    the findings after the cross-tile merge, in scene pixels. A planned tile
+    the findings after the cross-tile merge, in scene pixels, as Arrow batches
+    with the `tables.SYNTHESIS_COLUMNS`: they are read once, a batch at a
+    time, and only counts, the grid and the top `notable` rows are kept, so a
+    scene's findings never need to fit in memory at once. A planned tile
     without a result counts as failed ("NoResult"). The model is named by the
-    arguments or, when they are empty, by the findings.
+    arguments or, when they are empty, by the first finding that names one.
 
     Cover fractions are averaged over ok tiles weighted by each tile's valid
     pixels times the share of its window that no other ok tile overlaps (an
@@ -67,10 +74,12 @@ def synthesize(
     failed = _failed_tiles(planned, by_id)
     coverage = len(ok) / len(planned) if planned else 0.0
     cover = _scene_cover(manifest, ok)
-    counts = dict(sorted(Counter(f.label for f in merged).items()))
-    grid = _grid_counts(scene, merged)
-    distribution = _distribution_phrase(grid, _places(scene))
-    model = _model(model_name, model_version, merged, ok)
+    tally = _Tally(scene, notable)
+    for batch in record_batches(merged):
+        tally.add(batch)
+    counts = dict(sorted(tally.counts.items()))
+    distribution = _distribution_phrase(tally.grid, _places(scene))
+    model = _model(model_name, model_version, tally.first_model, ok)
     status = "complete" if planned and not failed else "failed" if not ok else "partial"
     summary: dict[str, Any] = {
         "scene_key": scene.partition_key,
@@ -79,11 +88,11 @@ def synthesize(
         "crs": scene.crs,
         "size_px": [scene.width, scene.height],
         "counts_by_label": counts,
-        "total_findings": len(merged),
+        "total_findings": tally.total,
         "cover": cover,
-        "spatial_grid": grid.tolist(),
+        "spatial_grid": tally.grid.tolist(),
         "spatial_summary": distribution,
-        "notable": _notable(scene, merged, notable),
+        "notable": _notable(scene, tally.top),
         "tiles_planned": len(planned),
         "tiles_ok": len(ok),
         "tiles_failed": len(failed),
@@ -94,7 +103,7 @@ def synthesize(
     }
     summary["description"] = _describe(summary)
     log.info(
-        "synthesized %s: %d findings, coverage %.2f", scene.partition_key, len(merged), coverage
+        "synthesized %s: %d findings, coverage %.2f", scene.partition_key, tally.total, coverage
     )
     return summary
 
@@ -162,15 +171,93 @@ def _scene_cover(manifest: pd.DataFrame, ok: Sequence[TileResult]) -> dict[str, 
     }
 
 
-def _grid_counts(scene: SceneInfo, findings: Sequence[Finding]) -> np.ndarray:
+class _Ranked(NamedTuple):
+    """One of the best findings so far: what `notable` reports of it."""
+
+    score: float
+    area_px: float
+    label: str
+    box: Box
+    tile_id: str
+
+
+def _rank(f: _Ranked) -> tuple[float, float, str, Box]:
+    """Notable order: score, then area, descending; then label and box, ascending."""
+    return (-f.score, -f.area_px, f.label, f.box)
+
+
+_RANK_KEYS = [
+    ("score", "descending"),
+    ("area_px", "descending"),
+    ("label", "ascending"),
+    *((name, "ascending") for name in BOX_COLUMNS),
+    ("_row", "ascending"),
+]
+"""`_rank` in Arrow, then the row: a total order, so an unstable top-k picks what a stable
+sort would (the first of findings equal in every key)."""
+
+
+@dataclass
+class _Tally:
+    """What synthesis keeps of the findings streaming past: sized by labels and `notable`."""
+
+    scene: SceneInfo
+    notable: int
+    total: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    grid: np.ndarray = field(default_factory=lambda: np.zeros((GRID, GRID), dtype=np.int64))
+    top: list[_Ranked] = field(default_factory=list)
+    first_model: tuple[str, str] | None = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Count one batch of findings in, keeping only the best `notable` of all seen."""
+        self.total += batch.num_rows
+        tallied = pc.value_counts(batch.column("label"))
+        labels, counts = tallied.field("values").to_pylist(), tallied.field("counts").to_pylist()
+        self.counts.update(dict(zip(labels, counts, strict=True)))
+        self.grid += _grid_counts(self.scene, *(_floats(batch, name) for name in BOX_COLUMNS))
+        self.top = heapq.nsmallest(self.notable, [*self.top, *self._best(batch)], key=_rank)
+        if self.first_model is None:
+            self.first_model = _first_model(batch)
+
+    def _best(self, batch: pa.RecordBatch) -> list[_Ranked]:
+        """The batch's best `notable` findings in `_rank` order, earlier rows first among equals."""
+        if self.notable <= 0 or batch.num_rows == 0:
+            return []
+        numbered = batch.append_column("_row", pa.array(np.arange(batch.num_rows)))
+        best = pc.select_k_unstable(numbered, self.notable, sort_keys=_RANK_KEYS)
+        return [
+            _Ranked(r["score"], r["area_px"], r["label"], _box(r), r["tile_id"])
+            for r in numbered.take(best).to_pylist()
+        ]
+
+
+def _box(row: dict[str, Any]) -> Box:
+    x0, y0, x1, y1 = (row[name] for name in BOX_COLUMNS)
+    return (x0, y0, x1, y1)
+
+
+def _floats(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """One numeric column as float64 (nulls as NaN)."""
+    return batch.column(name).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _first_model(batch: pa.RecordBatch) -> tuple[str, str] | None:
+    """(name, version) of the first finding in the batch that names its model, if any."""
+    at = pc.index(pc.not_equal(batch.column("model"), ""), True).as_py()
+    if at < 0:
+        return None
+    return batch.column("model")[at].as_py(), batch.column("model_version")[at].as_py()
+
+
+def _grid_counts(
+    scene: SceneInfo, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray
+) -> np.ndarray:
     """Findings per cell of a 3x3 grid over the image, rows top→bottom, by box centre."""
-    grid = np.zeros((GRID, GRID), dtype=np.int64)
-    boxes = np.array([f.box for f in findings], dtype=np.float64).reshape(-1, 4)
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     col = np.clip((GRID * cx / scene.width).astype(np.int64), 0, GRID - 1)
     row = np.clip((GRID * cy / scene.height).astype(np.int64), 0, GRID - 1)
-    np.add.at(grid, (row, col), 1)
-    return grid
+    return np.bincount(row * GRID + col, minlength=GRID * GRID).reshape(GRID, GRID)
 
 
 def _places(scene: SceneInfo) -> tuple[tuple[str, ...], ...]:
@@ -201,9 +288,8 @@ def _distribution_phrase(grid: np.ndarray, places: tuple[tuple[str, ...], ...]) 
     return f"spread unevenly, most in the {name}"
 
 
-def _notable(scene: SceneInfo, findings: Sequence[Finding], n: int) -> list[dict[str, Any]]:
-    """The top `n` findings by score then area, with pixel box and lon/lat centre if known."""
-    ranked = heapq.nsmallest(n, findings, key=lambda f: (-f.score, -f.area_px, f.label, f.box))
+def _notable(scene: SceneInfo, ranked: Sequence[_Ranked]) -> list[dict[str, Any]]:
+    """The best findings (see `_rank`), with pixel box and lon/lat centre if known."""
     centres_x = [(f.box[0] + f.box[2]) / 2 for f in ranked]
     centres_y = [(f.box[1] + f.box[3]) / 2 for f in ranked]
     lonlat = pixel_to_lonlat(scene, centres_x, centres_y) if ranked else None
@@ -224,11 +310,13 @@ def _notable(scene: SceneInfo, findings: Sequence[Finding], n: int) -> list[dict
 
 
 def _model(
-    name: str, version: str, merged: Sequence[Finding], ok: Sequence[TileResult]
+    name: str, version: str, first_merged: tuple[str, str] | None, ok: Sequence[TileResult]
 ) -> dict[str, str]:
-    """The model named by the caller, else the first one named by a finding."""
+    """The caller's model, else the first named by a merged finding, else by a tile's finding."""
+    if not name and first_merged is not None:
+        name, version = first_merged
     if not name:
-        for f in [*merged, *(f for r in ok for f in r.findings)]:
+        for f in (f for r in ok for f in r.findings):
             if f.model:
                 name, version = f.model, f.model_version
                 break

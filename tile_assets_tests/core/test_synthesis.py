@@ -9,6 +9,7 @@ import pytest
 
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.types import Finding, SceneInfo, TileResult
+from tile_assets_tests.fixtures.findings import arrow_findings
 
 # RGB.byte.tif's real georeferencing (EPSG:32618, ~300 m pixels, north-up).
 GEO = SceneInfo(
@@ -83,7 +84,7 @@ def test_counts_grid_coverage_and_description_name_the_failures() -> None:
         _finding("building", 50, 30, 0.7),
         _finding("tree", 250, 250, 0.6, size=40),
     ]
-    s = synthesize(GEO, manifest, results, merged)
+    s = synthesize(GEO, manifest, results, [arrow_findings(merged)])
 
     assert s["counts_by_label"] == {"building": 3, "tree": 1}
     assert s["spatial_grid"] == [[3, 0, 0], [0, 0, 0], [0, 0, 1]]
@@ -112,7 +113,7 @@ def test_counts_grid_coverage_and_description_name_the_failures() -> None:
     assert "t11 (RasterReadError)" in text and "t22 (NoResult)" in text
     assert 2 <= text.count(". ") + 1 <= 4
     assert json.loads(json.dumps(s)) == s
-    assert synthesize(GEO, manifest, results, merged) == s
+    assert synthesize(GEO, manifest, results, [arrow_findings(merged)]) == s
 
 
 def test_cover_is_weighted_by_valid_pixels_and_overlap_counted_once() -> None:
@@ -140,17 +141,18 @@ def test_spread_evenly_and_pixel_place_names() -> None:
     merged = [_finding("car", c * 100 + 40, r * 100 + 40) for r in range(3) for c in range(3)]
     manifest = _grid_manifest()
     results = [TileResult(tile_id=t, status="ok", valid_pixels=1) for t in manifest["tile_id"]]
-    assert synthesize(GEO, manifest, results, merged)["spatial_summary"] == "spread evenly"
+    s = synthesize(GEO, manifest, results, [arrow_findings(merged)])
+    assert s["spatial_summary"] == "spread evenly"
 
     corner = [_finding("car", 280, 5), _finding("car", 285, 5), _finding("car", 5, 285)]
-    s = synthesize(PLAIN, manifest, results, corner)
+    s = synthesize(PLAIN, manifest, results, arrow_findings(corner).to_batches(max_chunksize=1))
     assert s["spatial_summary"] == "concentrated in the top-right"
     assert s["georeferenced"] is False
     assert all("centre_lonlat" not in n for n in s["notable"])
     assert "pixel coordinates" in s["description"]
     assert s["status"] == "complete" and s["coverage"] == 1.0
 
-    two = synthesize(GEO, manifest, results, corner[:2])
+    two = synthesize(GEO, manifest, results, [arrow_findings(corner[:2])])
     assert two["spatial_summary"] == "too few to show a spatial pattern"
 
 
@@ -183,3 +185,22 @@ def test_all_tiles_failed() -> None:
     assert "No tile was analysed successfully" in text and "coverage 0%" in text
     assert "9 failed" in text and "and 6 more" in text
     assert "pixel coordinates" in text
+
+
+def test_model_named_by_the_first_finding_that_names_one_across_batches() -> None:
+    manifest = _grid_manifest()
+    unnamed = Finding("car", 0.5, (1.0, 1.0, 2.0, 2.0), "t00", 1.0)
+    named = [
+        Finding("car", 0.4, (5.0, 5.0, 6.0, 6.0), "t00", 1.0, "first", "1"),
+        Finding("car", 0.9, (9.0, 9.0, 10.0, 10.0), "t00", 1.0, "second", "2"),
+    ]
+    by_tile = Finding("car", 0.1, (0, 0, 1, 1), model="tile", model_version="3")
+    tile = TileResult("t00", "ok", (by_tile,))
+    batches = arrow_findings([unnamed, unnamed, *named]).to_batches(max_chunksize=2)
+    assert len(batches) == 2
+    s = synthesize(GEO, manifest, [tile], batches)
+    assert s["model"] == {"name": "first", "version": "1"}
+    assert s["total_findings"] == 4 and s["counts_by_label"] == {"car": 4}
+    # No merged finding names its model: the tiles' findings do.
+    s = synthesize(GEO, manifest, [tile], [arrow_findings([unnamed])])
+    assert s["model"] == {"name": "tile", "version": "3"}

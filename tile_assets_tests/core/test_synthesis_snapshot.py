@@ -7,6 +7,10 @@ findings.parquet (commit f5f7339). The findings are made to tie: scores and
 areas on coarse steps, labels that differ only in case or by a non-ASCII
 letter, exact duplicates that differ only in tile id, rows without a model
 name first. Any later implementation must give the same outputs for them.
+
+The findings go the way the assets read them: written as Parquet (in row
+groups of 50) and streamed back through the store in record batches, small
+ones so that ties straddle batches.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 from PIL import Image
@@ -27,7 +33,9 @@ from tile_assets.core.preview import render_preview
 from tile_assets.core.raster import describe
 from tile_assets.core.store import LocalStore
 from tile_assets.core.synthesis import synthesize
+from tile_assets.core.tables import BATCH_ROWS, PREVIEW_COLUMNS, SYNTHESIS_COLUMNS, ParquetBatches
 from tile_assets.core.types import Finding, SceneInfo, TileResult
+from tile_assets_tests.fixtures.findings import arrow_findings
 
 INBOX = Path(__file__).resolve().parents[2] / "data" / "inbox"
 SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "synthesis_snapshot.json"
@@ -42,9 +50,11 @@ CASES = {
 
 
 def scene_of(name: str) -> SceneInfo:
-    uri = str(INBOX / name)
-    with rasterio.open(uri) as ds:
-        return describe(ds, uri, name.replace(".", "_"), "sha256:snapshot", STORE.head(uri).size)
+    """The sample's description, its uri relative to the repository (the same in any checkout)."""
+    path = str(INBOX / name)
+    with rasterio.open(path) as ds:
+        scene = describe(ds, path, name.replace(".", "_"), "sha256:snapshot", STORE.head(path).size)
+    return replace(scene, uri=f"data/inbox/{name}")
 
 
 def random_findings(scene: SceneInfo, n: int, seed: int) -> list[Finding]:
@@ -100,21 +110,31 @@ def pixel_digest(png: bytes) -> dict[str, object]:
     return {"shape": list(pixels.shape), "sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
 
 
-def current_outputs(name: str) -> dict[str, object]:
+def current_outputs(name: str, folder: Path, batch_rows: int) -> dict[str, object]:
     """synthesis.json's content and the preview digest for one case, by the code under test."""
     n, seed, max_side = CASES[name]
     scene = scene_of(name)
-    findings = random_findings(scene, n, seed)
+    uri = str(folder / "findings.parquet")
+    pq.write_table(arrow_findings(random_findings(scene, n, seed)), uri, row_group_size=50)
+    findings = ParquetBatches(STORE, uri)
     manifest, results = scene_tiles(scene)
-    synthesis = synthesize(scene, manifest, results, findings)
-    with rasterio.open(scene.uri) as ds:
-        png = render_preview(ds, findings, max_side=max_side)
+    synthesis = synthesize(
+        scene, manifest, results, findings.batches(SYNTHESIS_COLUMNS, batch_rows)
+    )
+    with rasterio.open(INBOX / name) as ds:
+        png = render_preview(
+            ds,
+            findings.batches(PREVIEW_COLUMNS, batch_rows),
+            synthesis["counts_by_label"],
+            max_side=max_side,
+        )
     return {"synthesis": json.loads(dump_json(synthesis)), "preview": pixel_digest(png)}
 
 
+@pytest.mark.parametrize("batch_rows", [7, BATCH_ROWS])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_outputs_match_the_per_finding_snapshot(name: str) -> None:
+def test_outputs_match_the_per_finding_snapshot(name: str, batch_rows: int, tmp_path: Path) -> None:
     expected = json.loads(SNAPSHOT.read_text())[name]
-    got = current_outputs(name)
+    got = current_outputs(name, tmp_path, batch_rows)
     assert got["synthesis"] == expected["synthesis"]
     assert got["preview"] == expected["preview"]

@@ -26,6 +26,7 @@ from tile_assets.core.store import LocalStore
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.tiling import build_manifest, manifest_windows
 from tile_assets.core.types import Finding, GridSpec, SceneInfo, TileResult, TileWindow
+from tile_assets_tests.fixtures.findings import arrow_findings
 
 STORE = LocalStore()
 
@@ -83,7 +84,12 @@ def run_scene(
         candidates = prefer_whole(candidates, by_id, scene.width, scene.height)
     merged = merge_findings(candidates, strategy, metric, threshold)  # type: ignore[arg-type]
     synthesis = synthesize(
-        scene, manifest, results, merged, model_name=model.name, model_version=model.version
+        scene,
+        manifest,
+        results,
+        [arrow_findings(merged)],
+        model_name=model.name,
+        model_version=model.version,
     )
     return SceneRun(scene, spec, manifest, pruned, results, raw, merged, synthesis)
 
