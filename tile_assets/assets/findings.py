@@ -10,19 +10,21 @@ import time
 from typing import Literal
 
 import dagster as dg
+import pyarrow as pa
 
 from tile_assets.assets import CODE_VERSION, GROUP
 from tile_assets.assets.failures import scene_failure
 from tile_assets.core.batches import BatchPlan, plan_scene_batches
-from tile_assets.core.borders import prefer_whole
 from tile_assets.core.cache import TileCache
-from tile_assets.core.catalog import findings_frame, read_parquet, write_geoparquet, write_parquet
+from tile_assets.core.catalog import read_parquet, write_parquet
 from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.findings_table import findings_table
 from tile_assets.core.inference import run_batch
 from tile_assets.core.keys import model_key
-from tile_assets.core.merge import merge_findings as merge_boxes
 from tile_assets.core.models.base import TileModel
 from tile_assets.core.overview_pass import full_image_findings
+from tile_assets.core.scene_findings import merge_cached_scene
+from tile_assets.core.scene_merge import MergeOptions
 from tile_assets.core.tables import tile_results_frame
 from tile_assets.core.tiling import manifest_windows
 from tile_assets.core.types import GridSpec, SceneInfo, TileResult, TileWindow
@@ -193,7 +195,7 @@ def infer_plan(
     return {**report.summary(), "model": model.name, "model_version": model.version}
 
 
-def settle_results(
+def infer_lost(
     context: dg.OpExecutionContext,
     imagery: ImageryStore,
     tile_model: TileModelResource,
@@ -201,36 +203,51 @@ def settle_results(
     scene: SceneInfo,
     tiles: dict,
     windows: tuple[TileWindow, ...],
-    reports: list[dict],
-) -> tuple[list[TileResult], int]:
-    """A result for every tile of the manifest, in manifest order, and how many were inferred here.
+    failed: dict[str, TileResult],
+) -> int:
+    """Infer the tiles in no cache file and no failure row; how many were inferred (their failures join `failed`).
 
-    Successes come from the cache (this run's and earlier runs'), failures
-    from the batch reports. A tile in neither (a batch a re-execution lost:
-    from failure, Dagster re-runs only the steps a killed parent logged,
-    never the batches that had not started) is inferred here rather than
-    left out.
+    Such tiles belong to batches a re-execution lost: from failure, Dagster
+    re-runs only the steps a killed parent logged, never the batches that
+    had not started. They are inferred here rather than left out.
     """
-    failed = {row["tile_id"]: TileResult.from_dict(row) for report in reports for row in report["failed"]}
     cache = scene_cache(context, imagery, model, scene)
     lost = tuple(w for w in windows if w.tile_id not in failed and not cache.has(w))
-    inferred_here = 0
-    if lost:
-        try:
-            spec = GridSpec.from_dict(tiles["spec"])
-            settled = infer_plan(context, imagery, tile_model, scene, spec, BatchPlan("merge", lost), True)
-        except TileAssetsError as exc:
-            raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=False) from exc
-        failed.update((row["tile_id"], TileResult.from_dict(row)) for row in settled["failed"])
-        inferred_here = settled["tiles_inferred"]
-        if inferred_here:
-            context.log.warning(
-                f"{inferred_here} tile(s) were in no batch and not cached (batches a re-execution "
-                "lost); inferred in this step"
-            )
-        cache = scene_cache(context, imagery, model, scene)
-    results = [cache.get(w) or failed[w.tile_id] for w in windows]
-    return results, inferred_here
+    if not lost:
+        return 0
+    try:
+        spec = GridSpec.from_dict(tiles["spec"])
+        settled = infer_plan(context, imagery, tile_model, scene, spec, BatchPlan("merge", lost), True)
+    except TileAssetsError as exc:
+        raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=False) from exc
+    failed.update((row["tile_id"], TileResult.from_dict(row)) for row in settled["failed"])
+    inferred = int(settled["tiles_inferred"])
+    if inferred:
+        context.log.warning(
+            f"{inferred} tile(s) were in no batch and not cached (batches a re-execution "
+            "lost); inferred in this step"
+        )
+    return inferred
+
+
+def full_image_table(
+    context: dg.OpExecutionContext, imagery: ImageryStore, model: TileModel, scene: SceneInfo, config: MergeConfig
+) -> tuple[pa.Table | None, dict]:
+    """The full-image pass's findings when enabled, and what became of it.
+
+    Optional extra evidence: if it fails, the tile findings still stand.
+    """
+    outcome: dict = {"enabled": config.full_image_pass}
+    if not config.full_image_pass:
+        return None, outcome
+    try:
+        extra = full_image_findings(imagery.store_for(scene.uri), scene, model, config.full_image_max_side)
+    except TileAssetsError as exc:
+        context.log.warning(f"full-image pass failed; merging tile findings only: {exc}")
+        outcome.update(status="failed", error=str(exc))
+        return None, outcome
+    outcome.update(status="ok", findings=len(extra))
+    return findings_table(extra), outcome
 
 
 @dg.op
@@ -245,75 +262,60 @@ def merge_findings(
 ) -> dg.Output[dict]:
     """Merge findings across tile overlaps and write findings and per-tile status tables.
 
-    Every tile of the manifest gets a result (`settle_results`): from the
-    cache, from a batch's failure rows, or inferred here when a re-execution
-    lost its batch.
+    Every tile of the manifest gets a result: from the cache, from a
+    batch's failure rows, or inferred here when a re-execution lost its
+    batch (`infer_lost`). Findings are read from the cache, merged and
+    written a band of tiles at a time (`merge_cached_scene`).
     """
     key = source_images["partition_key"]
     scene = SceneInfo.from_dict(source_images)
     store = imagery.catalog_store()
     windows = manifest_windows(read_parquet(store, tiles["uri"]))
     model = tile_model.load()
-    results, inferred_here = settle_results(
-        context, imagery, tile_model, model, scene, tiles, windows, reports
-    )
-    raw = [f for r in results for f in r.findings]
-    candidates = list(raw)
-    full_image: dict = {"enabled": config.full_image_pass}
-    if config.full_image_pass:
-        # Optional extra evidence: if it fails, the tile findings still stand.
-        try:
-            extra = full_image_findings(
-                imagery.store_for(scene.uri), scene, model, config.full_image_max_side
-            )
-        except TileAssetsError as exc:
-            context.log.warning(f"full-image pass failed; merging tile findings only: {exc}")
-            full_image.update(status="failed", error=str(exc))
-        else:
-            candidates += extra
-            full_image.update(status="ok", findings=len(extra))
-    if config.border_aware:
-        candidates = prefer_whole(
-            candidates, {w.tile_id: w for w in windows}, scene.width, scene.height,
-            class_agnostic=config.class_agnostic,
-        )
-    merged = merge_boxes(
-        candidates, config.strategy, config.metric, config.threshold, config.class_agnostic
-    )
+    failed = {row["tile_id"]: TileResult.from_dict(row) for report in reports for row in report["failed"]}
+    inferred_here = infer_lost(context, imagery, tile_model, model, scene, tiles, windows, failed)
+    extra, full_image = full_image_table(context, imagery, model, scene, config)
     findings_uri = imagery.scene_uri(key, "findings.parquet")
+    merged = merge_cached_scene(
+        store,
+        findings_uri,
+        scene,
+        windows,
+        scene_cache(context, imagery, model, scene),
+        failed,
+        MergeOptions(config.strategy, config.metric, config.threshold, config.class_agnostic, config.border_aware),
+        extra,
+    )
+    results = merged.results
     results_uri = imagery.scene_uri(key, "tile_results.parquet")
-    write_geoparquet(store, findings_uri, findings_frame(scene, merged))
-    write_parquet(store, results_uri, tile_results_frame(results))
-    counts: dict[str, int] = {}
-    for f in merged:
-        counts[f.label] = counts.get(f.label, 0) + 1
-    failed = [r for r in results if r.status == "failed"]
+    write_parquet(store, results_uri, tile_results_frame(results, merged.findings_per_tile))
+    failed_count = sum(r.status == "failed" for r in results)
     summary = {
         "findings_uri": findings_uri,
         "tile_results_uri": results_uri,
-        "findings": len(merged),
-        "findings_before_merge": len(raw),
-        "counts_by_label": dict(sorted(counts.items())),
+        "findings": merged.findings,
+        "findings_before_merge": merged.findings_before_merge,
+        "counts_by_label": merged.counts_by_label,
         "tiles_planned": len(results),
-        "tiles_ok": len(results) - len(failed),
-        "tiles_failed": len(failed),
+        "tiles_ok": len(results) - failed_count,
+        "tiles_failed": failed_count,
         "tiles_inferred": sum(r.status == "ok" and not r.from_cache for r in results),
         "tiles_from_cache": sum(r.from_cache for r in results),
-        "coverage": (len(results) - len(failed)) / len(results) if results else 1.0,
+        "coverage": (len(results) - failed_count) / len(results) if results else 1.0,
         "merge": config.model_dump(),
         "full_image_pass": full_image,
         "model": model.name,
         "model_version": model.version,
     }
     context.log.info(
-        f"{len(raw)} raw findings merged to {len(merged)}; {len(failed)} tile(s) failed"
+        f"{merged.findings_before_merge} raw findings merged to {merged.findings}; {failed_count} tile(s) failed"
     )
     return dg.Output(
         summary,
         metadata={
-            "findings": len(merged),
-            "dagster/row_count": len(merged),
-            "findings_before_merge": len(raw),
+            "findings": merged.findings,
+            "dagster/row_count": merged.findings,
+            "findings_before_merge": merged.findings_before_merge,
             "counts_by_label": dg.MetadataValue.json(summary["counts_by_label"]),
             "tiles_inferred": summary["tiles_inferred"],
             "tiles_from_cache": summary["tiles_from_cache"],

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from itertools import compress, repeat
-from operator import attrgetter
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tile_assets.core.errors import TileAssetsError
-from tile_assets.core.merge import finding_boxes, overlapping_pairs, rank_codes
+from tile_assets.core.findings_table import findings_table, table_boxes, table_findings
+from tile_assets.core.merge import overlapping_pairs, string_codes
 from tile_assets.core.types import Box, Finding, TileWindow
 
 log = logging.getLogger(__name__)
@@ -59,12 +61,23 @@ def prefer_whole(
     windows: Mapping[str, TileWindow],
     width: int,
     height: int,
+    **options: Any,
+) -> list[Finding]:
+    """`prefer_whole_table` on `Finding` objects."""
+    return table_findings(prefer_whole_table(findings_table(findings), windows, width, height, **options))
+
+
+def prefer_whole_table(
+    table: pa.Table,
+    windows: Mapping[str, TileWindow],
+    width: int,
+    height: int,
     *,
     margin_px: float = DEFAULT_MARGIN_PX,
     containment: float = DEFAULT_CONTAINMENT,
     class_agnostic: bool = False,
-) -> list[Finding]:
-    """`findings` without the cut views that a whole view of the same object covers.
+) -> pa.Table:
+    """The findings of `table` without the cut views that a whole view of the same object covers.
 
     A cut view (see `is_cut`; `windows` maps tile ids to their windows,
     findings of other ids are whole) is dropped when at least `containment`
@@ -78,27 +91,25 @@ def prefer_whole(
     if margin_px < 0:
         raise TileAssetsError("prefer_whole", f"margin_px must be >= 0, got {margin_px!r}")
     # A finding without a tile window gets the whole scene as its window: never cut.
-    window_of = {tile_id: i for i, tile_id in enumerate(windows)}
+    tile_ids = pa.array(list(windows), pa.string())
     window_boxes = np.array([w.box for w in windows.values()] + [(0.0, 0.0, width, height)])
-    tiles = map(attrgetter("tile_id"), findings)
-    at = np.fromiter(
-        map(window_of.get, tiles, repeat(len(windows))), dtype=np.int64, count=len(findings)
-    )
-    boxes = finding_boxes(findings)
+    found = pc.index_in(table.column("tile_id"), value_set=tile_ids)
+    at = pc.fill_null(found, len(windows)).to_numpy().astype(np.int64)
+    boxes = table_boxes(table)
     cut = _cut(boxes, window_boxes[at], width, height, margin_px)
     if not cut.any() or cut.all():
-        return list(findings)
-    codes = None if class_agnostic else rank_codes(list(map(attrgetter("label"), findings)))[0]
+        return table
+    codes = None if class_agnostic else string_codes(table.column("label"))[0]
     left, right, inter = overlapping_pairs(boxes, codes)
     one_cut = cut[left] != cut[right]
     piece, inter = np.where(cut[left], left, right)[one_cut], inter[one_cut]
     x0, y0, x1, y1 = boxes[piece].T
-    dropped = np.zeros(len(findings), dtype=bool)
+    dropped = np.zeros(len(table), dtype=bool)
     dropped[piece[inter / ((x1 - x0) * (y1 - y0)) >= containment]] = True
     log.debug(
         "prefer_whole: %d of %d findings cut, %d of them covered by whole views",
         int(cut.sum()),
-        len(findings),
+        len(table),
         int(dropped.sum()),
     )
-    return list(compress(findings, (~dropped).tolist()))
+    return table.filter(pa.array(~dropped))

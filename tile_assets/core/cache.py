@@ -4,25 +4,34 @@ A rerun finds every tile that already succeeded here and infers only the
 rest; a new image version or a new model name/version/params misses.
 Failed tiles are never cached, so a rerun retries them.
 
-Results are written a predict chunk at a time, one JSON file per chunk
-(`{"run_group": ..., "tiles": {tile key: result}}`), not one per tile: a
-scene of thousands of tiles costs a few hundred writes (S3 PUTs) instead of
-thousands, and reading the whole cache back is one listing plus those files.
+Results are written a predict chunk at a time, one Parquet file per chunk:
+its findings as columns (with each one's `tile_key`), and in the file's
+metadata the chunk's tiles (cover, valid pixels) and run group. A scene of
+thousands of tiles costs a few hundred writes (S3 PUTs) instead of
+thousands. The merge reads the scene a chunk file at a time
+(`scene_chunks`), never all findings at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from tile_assets.core.errors import StoreError, TransientStoreError
+from tile_assets.core.catalog import PARQUET_TYPE
+from tile_assets.core.findings_table import FINDINGS_SCHEMA, findings_table, table_findings
 from tile_assets.core.keys import tile_cache_key
 from tile_assets.core.store import Store, join_uri
 from tile_assets.core.types import TileResult, TileWindow
@@ -41,9 +50,23 @@ def _digest(keys: Iterable[str]) -> str:
     return hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:24]
 
 
+CHUNK_METADATA = b"tile_assets:chunk"
+"""Parquet metadata key of a chunk file's tiles and run group (JSON)."""
+TILE_KEY = "tile_key"
+_EMPTY_CHUNK = FINDINGS_SCHEMA.append(pa.field(TILE_KEY, pa.string())).empty_table()
+
+
+@dataclass(frozen=True)
+class CachedChunk:
+    """What one chunk file holds of a scene's tiles: results (without findings) and the findings."""
+
+    results: tuple[TileResult, ...]
+    findings: pa.Table
+
+
 @dataclass(frozen=True)
 class TileCache:
-    """Tile results under `<catalog>/cache/<model_key>/<fingerprint>/<batch>/`, a JSON file per written chunk."""
+    """Tile results under `<catalog>/cache/<model_key>/<fingerprint>/<batch>/`, a Parquet file per written chunk."""
 
     store: Store
     catalog: str
@@ -55,6 +78,7 @@ class TileCache:
     not hits from an earlier run."""
     scope: str = ""
     """A batch's own sub-folder (`for_batch`): it writes there and reads only there."""
+    _tables: dict[str, pa.Table] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def prefix(self) -> str:
@@ -80,60 +104,115 @@ class TileCache:
 
     @cached_property
     def entries(self) -> dict[str, dict[str, Any]]:
-        """Every cached tile of this source version and model, by tile key, as written.
+        """Every cached tile of this source version and model, by tile key: its entry and chunk file.
 
         Read once per cache object, when first needed (a batch or a plan
-        reads the cache before it writes anything).
+        reads the cache before it writes anything); only the files'
+        metadata is decoded, never their findings.
         """
         found: dict[str, dict[str, Any]] = {}
         for uri in self._chunk_uris():
-            try:
-                chunk = json.loads(self.store.read_bytes(uri))
-                tiles = chunk["tiles"]
-            except TransientStoreError:
-                raise
-            except (StoreError, ValueError, KeyError, TypeError):
-                log.warning("ignoring unreadable cache file %s", uri)
+            read = self._read_chunk(uri)
+            if read is None:
                 continue
-            for key, entry in tiles.items():
-                found[key] = {**entry, "run_group": chunk.get("run_group", "")}
+            chunk, _ = read
+            for key, entry in chunk["tiles"].items():
+                found.setdefault(key, {**entry, "run_group": chunk.get("run_group", ""), "uri": uri})
         return found
 
-    def _chunk_uris(self) -> list[str]:
-        """The chunk files written so far; none when nothing was ever cached here."""
+    def _read_chunk(self, uri: str, findings: bool = False) -> tuple[dict[str, Any], pa.Table | None] | None:
+        """A chunk file's tiles and run group, and its findings when asked; None (logged) if unreadable."""
         try:
-            return [o.uri for o in self.store.list(self.folder) if o.uri.endswith(".json")]
+            parquet = pq.ParquetFile(io.BytesIO(self.store.read_bytes(uri)))
+            chunk = json.loads((parquet.metadata.metadata or {})[CHUNK_METADATA])
+            chunk["tiles"].items()
+            return chunk, parquet.read() if findings else None
+        except TransientStoreError:
+            raise
+        except (StoreError, pa.ArrowException, ValueError, KeyError, TypeError, AttributeError):
+            log.warning("ignoring unreadable cache file %s", uri)
+            return None
+
+    def _chunk_uris(self) -> list[str]:
+        """The chunk files written so far, in name order; none when nothing was ever cached here."""
+        try:
+            return sorted(o.uri for o in self.store.list(self.folder) if o.uri.endswith(".parquet"))
         except TransientStoreError:
             raise
         except StoreError:  # a local folder that does not exist yet
             return []
 
+    def _findings_of(self, uri: str) -> pa.Table:
+        if uri not in self._tables:
+            read = self._read_chunk(uri, findings=True)
+            self._tables[uri] = read[1] if read and read[1] is not None else _EMPTY_CHUNK
+        return self._tables[uri]
+
+    def _result(self, window: TileWindow, entry: dict[str, Any], findings: pa.Table) -> TileResult:
+        own = bool(self.run_group) and entry["run_group"] == self.run_group
+        return TileResult(
+            tile_id=window.tile_id,
+            status="ok",
+            findings=tuple(table_findings(findings)),
+            cover=entry.get("cover", {}),
+            valid_pixels=entry.get("valid_pixels", 0),
+            from_cache=not own,
+        )
+
     def get(self, window: TileWindow) -> TileResult | None:
         """The cached result of a tile (`from_cache` unless this run group wrote it), or None when never done."""
-        entry = self.entries.get(self.key(window))
+        key = self.key(window)
+        entry = self.entries.get(key)
         if entry is None:
             return None
-        own = bool(self.run_group) and entry["run_group"] == self.run_group
-        data = {k: v for k, v in entry.items() if k != "run_group"}
-        return TileResult.from_dict({**data, "tile_id": window.tile_id, "from_cache": not own})
+        table = self._findings_of(entry["uri"])
+        return self._result(window, entry, table.filter(pc.equal(table.column(TILE_KEY), key)))
 
     def has(self, window: TileWindow) -> bool:
         """Whether a tile has an entry: enough to plan work."""
         return self.key(window) in self.entries
 
+    def scene_chunks(self, windows: Sequence[TileWindow]) -> Iterator[CachedChunk]:
+        """The cached results and findings of `windows`, a chunk file at a time.
+
+        Each tile comes once (from the first file holding it); tiles of
+        other grids cached for the same source are left out.
+        """
+        by_key = {self.key(w): w for w in windows}
+        seen: set[str] = set()
+        for uri in self._chunk_uris():
+            read = self._read_chunk(uri, findings=True)
+            if read is None:
+                continue
+            chunk, table = read
+            entries = {
+                k: {**e, "run_group": chunk.get("run_group", "")}
+                for k, e in chunk["tiles"].items()
+                if k in by_key and k not in seen
+            }
+            if not entries or table is None:
+                continue
+            seen.update(entries)
+            keep = pc.is_in(table.column(TILE_KEY), value_set=pa.array(list(entries), pa.string()))
+            results = tuple(self._result(by_key[k], e, _EMPTY_CHUNK) for k, e in entries.items())
+            yield CachedChunk(results, table.filter(keep).drop_columns([TILE_KEY]))
+
     def put_chunk(self, done: Sequence[tuple[TileWindow, TileResult]]) -> None:
         """Remember the successful tiles of one chunk in one file; failures are never cached."""
-        tiles = {
-            self.key(window): {**result.to_dict(), "from_cache": False}
-            for window, result in done
-            if result.status == "ok"
-        }
-        if not tiles:
+        ok = [(self.key(w), w, r) for w, r in done if r.status == "ok"]
+        if not ok:
             return
-        name = _digest(tiles)
-        payload = json.dumps({"run_group": self.run_group, "tiles": tiles}, sort_keys=True).encode()
-        self.store.write_bytes(join_uri(self.folder, f"{name}.json"), payload, "application/json")
-
+        tiles = {
+            key: {"tile_id": w.tile_id, "cover": dict(r.cover), "valid_pixels": r.valid_pixels, "findings": len(r.findings)}
+            for key, w, r in ok
+        }
+        findings = findings_table([f for _, _, r in ok for f in r.findings])
+        keys = [key for key, _, r in ok for _ in r.findings]
+        table = findings.append_column(TILE_KEY, pa.array(keys, pa.string()))
+        metadata = json.dumps({"run_group": self.run_group, "tiles": tiles}, sort_keys=True)
+        buf = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata({CHUNK_METADATA: metadata}), buf)
+        self.store.write_bytes(join_uri(self.folder, f"{_digest(tiles)}.parquet"), buf.getvalue(), PARQUET_TYPE)
     @contextmanager
     def writer(self) -> Iterator[PutChunk]:
         """A `put_chunk` that writes in the background while the batch reads on.

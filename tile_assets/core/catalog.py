@@ -13,13 +13,16 @@ import io
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pystac
+import shapely
 from pystac.extensions.label import (
     LabelClasses,
     LabelCount,
@@ -41,8 +44,9 @@ from tile_assets.core.geo import (
     scene_affine,
     scene_crs,
 )
+from tile_assets.core.findings_table import BOX_COLUMNS, empty_findings, table_boxes
 from tile_assets.core.store import Store
-from tile_assets.core.types import Finding, SceneInfo
+from tile_assets.core.types import SceneInfo
 
 log = logging.getLogger(__name__)
 
@@ -84,49 +88,104 @@ _FINDING_COLUMNS: dict[str, str] = {
     "lat_max": "float64",
 }
 _SAFE_COLUMN = re.compile(r"[^A-Za-z0-9_]+")
-_ATTRIBUTES_JSON = json.JSONEncoder(sort_keys=True)
-"""`json.dumps(..., sort_keys=True)` without building an encoder per finding."""
 
 
-def findings_frame(scene: SceneInfo, findings: Sequence[Finding]) -> gpd.GeoDataFrame:
-    """One row per finding, its box as a polygon in the scene CRS plus a lon/lat bbox.
+def findings_frame(scene: SceneInfo, findings: pa.Table) -> gpd.GeoDataFrame:
+    """One row per finding of a findings table, its box as a polygon in the scene CRS plus a lon/lat bbox.
 
     Without georeferencing the geometry stays in pixel coordinates (y down),
     `crs` is None, `coord_space` says "pixel" and the lon/lat columns are NaN.
-    `attributes` is the finding's attribute dict as a JSON string. Built a
-    column at a time: a scene can hold tens of thousands of findings.
+    `attributes` is the finding's attribute dict as a JSON string.
     """
     transform = scene_affine(scene) if scene.georeferenced else None
     crs = scene_crs(scene) if scene.georeferenced else None
-    boxes = np.array([f.box for f in findings], dtype=np.float64).reshape(-1, 4)
+    n = len(findings)
+    boxes = table_boxes(findings)
     xs, ys = box_corners(boxes, transform)
     data: dict[str, Any] = {
-        "scene_key": [scene.partition_key] * len(findings),
-        "tile_id": [f.tile_id for f in findings],
-        "label": [f.label for f in findings],
-        "score": [f.score for f in findings],
-        "px_x0": boxes[:, 0],
-        "px_y0": boxes[:, 1],
-        "px_x1": boxes[:, 2],
-        "px_y1": boxes[:, 3],
-        "area_px": [f.area_px for f in findings],
-        "model": [f.model for f in findings],
-        "model_version": [f.model_version for f in findings],
-        "attributes": [_ATTRIBUTES_JSON.encode(f.attributes) for f in findings],
-        "coord_space": ["crs" if crs is not None else "pixel"] * len(findings),
+        name: findings.column(name).to_pandas()
+        for name in ("tile_id", "label", "score", "area_px", "model", "model_version", "attributes")
     }
-    if crs is not None and len(findings):
+    data.update({name: boxes[:, i] for i, name in enumerate(BOX_COLUMNS)})
+    data["scene_key"] = [scene.partition_key] * n
+    data["coord_space"] = ["crs" if crs is not None else "pixel"] * n
+    if crs is not None and n:
         # The bounds of the four corners in lon/lat, as to_crs(WGS84).bounds would give.
         lon, lat = crs_to_wgs84(crs, xs.ravel(), ys.ravel())
         lon, lat = lon.reshape(xs.shape), lat.reshape(ys.shape)
         bounds = np.column_stack([lon.min(1), lat.min(1), lon.max(1), lat.max(1)])
     else:
-        bounds = np.full((len(findings), 4), np.nan)
+        bounds = np.full((n, 4), np.nan)
     for i, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
         data[name] = bounds[:, i]
     frame = pd.DataFrame({k: pd.Series(data[k], dtype=t) for k, t in _FINDING_COLUMNS.items()})
     geometry = gpd.GeoSeries(box_polygons(xs, ys), crs=crs)
     return gpd.GeoDataFrame(frame, geometry=geometry, crs=crs)
+
+
+FINDINGS_ROW_GROUP = 16_384
+"""Findings per row group of findings.parquet: what the writer holds as polygons at once."""
+
+
+def write_findings(store: Store, uri: str, scene: SceneInfo, parts: Iterable[pa.Table]) -> int:
+    """Write findings.parquet (GeoParquet 1.1, WKB) from findings tables as they come; the row count.
+
+    Parts are buffered to `FINDINGS_ROW_GROUP` rows and each group becomes
+    polygons only while it is written, so memory holds a row group, not
+    the scene. The `geo` metadata (geometry types, bbox, CRS) is completed
+    once the last group is written.
+    """
+    buf = io.BytesIO()
+    writer: pq.ParquetWriter | None = None
+    types: set[str] = set()
+    bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
+    crs = scene_crs(scene) if scene.georeferenced else None
+    rows = 0
+
+    def write(tables: list[pa.Table]) -> None:
+        nonlocal writer, rows
+        frame = findings_frame(scene, pa.concat_tables(tables) if tables else empty_findings())
+        table = pa.table(frame.to_arrow(index=False))
+        if writer is None:
+            writer = pq.ParquetWriter(buf, table.schema, store_schema=False)
+        writer.write_table(table)
+        rows += len(frame)
+        if len(frame):
+            types.update(shapely.get_type_id(frame.geometry.values).tolist())
+            low, high = frame.total_bounds[:2], frame.total_bounds[2:]
+            bounds[:2] = np.minimum(bounds[:2], low)
+            bounds[2:] = np.maximum(bounds[2:], high)
+
+    pending: list[pa.Table] = []
+    held = 0
+    for part in parts:
+        pending.append(part)
+        held += len(part)
+        if held >= FINDINGS_ROW_GROUP:
+            write(pending)
+            pending, held = [], 0
+    if pending or writer is None:
+        write(pending)
+    assert writer is not None
+    column = {
+        "encoding": "WKB",
+        "geometry_types": sorted(_GEOMETRY_NAMES[t] for t in types),
+        "crs": crs.to_json_dict() if crs is not None else None,
+    }
+    if rows:
+        column["bbox"] = bounds.tolist()
+    geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    writer.add_key_value_metadata({"geo": json.dumps(geo)})
+    writer.close()
+    store.write_bytes(uri, buf.getvalue(), content_type=PARQUET_TYPE)
+    return rows
+
+
+_GEOMETRY_NAMES = {
+    0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
+    6: "MultiPolygon", 7: "GeometryCollection",
+}
+"""Shapely geometry type ids to GeoParquet's names."""
 
 
 def write_geoparquet(store: Store, uri: str, gdf: gpd.GeoDataFrame) -> None:

@@ -14,13 +14,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from itertools import chain, compress
-from operator import attrgetter
+from itertools import chain
 from typing import Any, get_args
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.findings_table import (
+    ATTRIBUTES_JSON,
+    BOX_COLUMNS,
+    column_array,
+    findings_table,
+    table_boxes,
+    table_findings,
+)
 from tile_assets.core.types import Finding, MatchMetric, MergeStrategy
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,20 @@ def merge_findings(
     threshold: float = 0.5,
     class_agnostic: bool = False,
 ) -> list[Finding]:
+    """`merge_table` on `Finding` objects: the merged findings, highest score first."""
+    if strategy == "none":
+        return list(findings)
+    merged = merge_table(findings_table(findings), strategy, metric, threshold, class_agnostic)
+    return table_findings(merged)
+
+
+def merge_table(
+    table: pa.Table,
+    strategy: MergeStrategy = "greedy_nmm",
+    metric: MatchMetric = "ios",
+    threshold: float = 0.5,
+    class_agnostic: bool = False,
+) -> pa.Table:
     """Collapse findings whose boxes match, returning them highest score first.
 
     Two boxes match when `metric` (IoU = intersection / union, IoS =
@@ -57,12 +80,12 @@ def merge_findings(
       twice), and attributes gain `merged_count` and `merged_tiles`. A
       union box can newly match another result, so a second pass may merge
       further (it is idempotent only when no two results match).
-    - "none": the input, unchanged, as a list.
+    - "none": the input, unchanged.
 
     The result is never longer than the input.
     """
     if strategy == "none":
-        return list(findings)
+        return table
     if strategy not in get_args(MergeStrategy):
         raise TileAssetsError("merge_findings", f"unknown strategy {strategy!r}")
     if metric not in get_args(MatchMetric):
@@ -70,17 +93,17 @@ def merge_findings(
     if not 0.0 < threshold <= 1.0:
         raise TileAssetsError("merge_findings", f"threshold {threshold!r} outside (0, 1]")
 
-    if not findings:
-        return []
-    order, boxes, codes = _total_order(findings)
+    if not len(table):
+        return table
+    order, boxes, codes = _total_order(table)
     owner = greedy_owners(boxes, None if class_agnostic else codes, metric, threshold)
     keepers = np.flatnonzero(owner == np.arange(len(order)))
     log.debug(
         "merge %s/%s@%s: %d findings, %d kept", strategy, metric, threshold, len(order), len(keepers)
     )
     if strategy == "nms":
-        return [findings[i] for i in order[keepers].tolist()]
-    return _absorb_groups(findings, order, boxes, owner, keepers)
+        return table.take(order[keepers])
+    return _absorb_groups(table, order, boxes, owner, keepers)
 
 
 def greedy_owners(
@@ -97,18 +120,17 @@ def greedy_owners(
     return _owners(len(boxes), left, right)
 
 
-def _total_order(findings: Sequence[Finding]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions of `findings` in a total order, with their boxes (n, 4) and label codes in that order.
+def _total_order(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the rows of `table` in a total order, with their boxes (n, 4) and label codes in that order.
 
     The order is (-score, label, box), then the remaining fields for exact
     ties, so equal inputs in any order give equal outputs.
     """
-    n = len(findings)
-    scores = np.fromiter(map(attrgetter("score"), findings), dtype=np.float64, count=n)
-    boxes = finding_boxes(findings)
+    scores = column_array(table, "score")
+    boxes = table_boxes(table)
     if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
         raise TileAssetsError("merge_findings", "a finding has a non-finite score or box")
-    codes, _ = rank_codes(list(map(attrgetter("label"), findings)))
+    codes, _ = string_codes(table.column("label"))
 
     order = visiting_order(scores, boxes, codes)
     scores, boxes, codes = scores[order], np.take(boxes, order, axis=0), codes[order]
@@ -118,22 +140,21 @@ def _total_order(findings: Sequence[Finding]) -> tuple[np.ndarray, np.ndarray, n
         & (boxes[1:] == boxes[:-1]).all(axis=1)
     )
     if tie_next.any():
-        _break_ties(findings, order, tie_next)
+        _break_ties(table, order, tie_next)
     return order, boxes, codes
 
 
-def finding_boxes(findings: Sequence[Finding]) -> np.ndarray:
-    """The boxes of `findings` as an (n, 4) float array."""
-    n = len(findings)
-    flat = chain.from_iterable(map(attrgetter("box"), findings))
-    return np.fromiter(flat, dtype=np.float64, count=4 * n).reshape(n, 4)
-
-
-def rank_codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
-    """Codes that sort as `values` do (each value's rank among the distinct ones), and the distinct values, sorted."""
-    distinct = sorted(set(values))
-    rank = {value: i for i, value in enumerate(distinct)}
-    return np.fromiter(map(rank.__getitem__, values), dtype=np.int64, count=len(values)), distinct
+def string_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Codes that sort as the strings of `column` do (each one's rank among the distinct ones), and the distinct strings, sorted."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column)
+    distinct = encoded.dictionary.to_pylist()
+    by_value = sorted(range(len(distinct)), key=distinct.__getitem__)
+    rank = np.empty(len(distinct), dtype=np.int64)
+    rank[by_value] = np.arange(len(distinct))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    return codes, [distinct[i] for i in by_value]
 
 
 def _runs(tie_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,39 +163,27 @@ def _runs(tie_next: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) + 1
 
 
-def _break_ties(findings: Sequence[Finding], order: np.ndarray, tie_next: np.ndarray) -> None:
+def _break_ties(table: pa.Table, order: np.ndarray, tie_next: np.ndarray) -> None:
     """Sort each run of equal (score, label, box) in `order` by (tile id, area, model, version, attributes).
 
     Runs are common: overlapping tiles see the same pixels and report the
     same object twice, differing only in tile id. One stable lexsort on
-    codes of the first four fields settles them; only findings equal in
-    all four too are compared by their attributes' JSON.
+    codes of those fields settles them (attributes compare as their
+    canonical JSON text).
     """
     starts, stops = _runs(tie_next)
     lengths = stops - starts
     at = np.repeat(starts, lengths) + _ragged_arange(lengths)
-    fetch = np.argsort(order[at])
-    tied = [findings[i] for i in order[at][fetch].tolist()]  # input order: see `_absorb_groups`
-    back = np.argsort(fetch)
-    keys = tuple(
-        key[back]
-        for key in (
-            rank_codes(list(map(attrgetter("model_version"), tied)))[0],
-            rank_codes(list(map(attrgetter("model"), tied)))[0],
-            np.fromiter(map(attrgetter("area_px"), tied), dtype=np.float64, count=len(tied)),
-            rank_codes(list(map(attrgetter("tile_id"), tied)))[0],
-        )
+    tied = table.take(order[at])
+    keys = (
+        string_codes(tied.column("attributes"))[0],
+        string_codes(tied.column("model_version"))[0],
+        string_codes(tied.column("model"))[0],
+        column_array(tied, "area_px"),
+        string_codes(tied.column("tile_id"))[0],
+        np.repeat(np.arange(len(starts)), lengths),
     )
-    run = np.repeat(np.arange(len(starts)), lengths)
-    sorted_at = np.lexsort((*keys, run))
-    order[at] = order[at][sorted_at]
-    same = np.ones(len(at) - 1, dtype=bool)
-    for key in (run, *keys):
-        ranked = key[sorted_at]
-        same &= ranked[1:] == ranked[:-1]
-    for start, stop in zip(*(x.tolist() for x in _runs(same)), strict=True):
-        span = at[start:stop]  # consecutive positions: a run never has gaps
-        order[span] = sorted(order[span].tolist(), key=lambda i: _attributes_key(findings[i]))
+    order[at] = order[at][np.lexsort(keys)]
 
 
 def visiting_order(scores: np.ndarray, boxes: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -196,10 +205,6 @@ def visiting_order(scores: np.ndarray, boxes: np.ndarray, codes: np.ndarray) -> 
         b = boxes[sub]
         order[at] = sub[np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], codes[sub], run))]
     return order
-
-
-def _attributes_key(f: Finding) -> str:
-    return json.dumps(f.attributes, sort_keys=True, default=str)
 
 
 MAX_BANDS_PER_BOX = 4
@@ -329,90 +334,81 @@ def _owners(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def _absorb_groups(
-    findings: Sequence[Finding],
+    table: pa.Table,
     order: np.ndarray,
     boxes: np.ndarray,
     owner: np.ndarray,
     keepers: np.ndarray,
-) -> list[Finding]:
+) -> pa.Table:
     """Greedy NMM: each keeper grown to the union of the boxes it took, areas summed and capped.
 
     Union boxes, counts, summed areas and tile sets are computed for all
-    groups at once on arrays; only the groups that took something build a
-    new `Finding`. Areas are summed in visiting order, keeper first, as a
-    loop over each group would add them, so the floats come out the same.
+    groups at once on arrays (positions are in visiting order); only the
+    attributes of groups that took something are parsed and rewritten.
+    Areas are summed in visiting order, keeper first, as a loop over each
+    group would add them, so the floats come out the same.
     """
     n = len(order)
     union = boxes.copy()
     for side, reduce in enumerate((np.minimum, np.minimum, np.maximum, np.maximum)):
         reduce.at(union[:, side], owner, boxes[:, side])
     sizes = np.bincount(owner, minlength=n)
+    member = np.flatnonzero(sizes[owner] > 1)  # visiting positions, ascending
+    member_owner = owner[member]
+    members = table.take(order[member])
+    attributes = members.column("attributes")
+    # Results of an earlier merge stand for merged_count findings and bring their merged_tiles.
+    earlier = np.flatnonzero(
+        pc.match_substring(attributes, f'"{MERGED_COUNT}"').to_numpy(zero_copy_only=False)
+        | pc.match_substring(attributes, f'"{MERGED_TILES}"').to_numpy(zero_copy_only=False)
+    )
+    earlier_attributes = [json.loads(a) for a in attributes.take(earlier).to_pylist()]
+    counts = np.ones(len(member), dtype=np.int64)
+    counts[earlier] = [int(a.get(MERGED_COUNT, 1)) for a in earlier_attributes]
     grown = np.flatnonzero(sizes > 1)
-    visit = np.empty(n, dtype=np.int64)
-    visit[order] = np.arange(n)
-    # Members of grown groups fetched in input order, the order they were made in and
-    # mostly lie in memory: in visiting order, nearly every access is a cache miss.
-    member = np.flatnonzero(sizes[owner[visit]] > 1)
-    member_owner = owner[visit[member]]
-    group = [findings[i] for i in member.tolist()]
-    attributes = list(map(attrgetter("attributes"), group))
-    # Results of an earlier merge stand for merged_count findings.
-    earlier = [k for k, a in enumerate(attributes) if MERGED_COUNT in a]
-    counts = np.ones(len(group), dtype=np.int64)
-    counts[earlier] = [int(attributes[k][MERGED_COUNT]) for k in earlier]
     count = np.bincount(member_owner, weights=counts, minlength=n)[grown]
-    areas = np.fromiter(map(attrgetter("area_px"), group), dtype=np.float64, count=len(group))
-    by_visit = np.argsort(visit[member])
-    area = np.bincount(member_owner[by_visit], weights=areas[by_visit], minlength=n)[grown]
+    area = np.bincount(member_owner, weights=column_array(members, "area_px"), minlength=n)[grown]
     sides = union[grown, 2:] - union[grown, :2]
     area = np.minimum(area, sides[:, 0] * sides[:, 1])
-    tiles = _group_tiles(group, attributes, member_owner, grown)
+    tiles = _group_tiles(members, earlier, earlier_attributes, member_owner, grown)
 
-    result = [findings[i] for i in order[keepers].tolist()]
-    for at, i, x0, y0, x1, y1, c, a, t in zip(
-        np.searchsorted(keepers, grown).tolist(),
-        order[grown].tolist(),
-        *union[grown].T.tolist(),
-        count.astype(np.int64).tolist(),
-        area.tolist(),
-        tiles,
-        strict=True,
-    ):
-        keeper = findings[i]
-        result[at] = Finding(
-            keeper.label,
-            keeper.score,
-            (x0, y0, x1, y1),
-            keeper.tile_id,
-            a,
-            keeper.model,
-            keeper.model_version,
-            {**keeper.attributes, MERGED_COUNT: c, MERGED_TILES: t},
-        )
+    result = table.take(order[keepers])
+    at = np.searchsorted(keepers, grown)
+    areas = column_array(result, "area_px").copy()
+    areas[at] = area
+    texts = result.column("attributes").to_pylist()
+    for i, c, t in zip(at.tolist(), count.astype(np.int64).tolist(), tiles, strict=True):
+        texts[i] = ATTRIBUTES_JSON.encode({**json.loads(texts[i]), MERGED_COUNT: c, MERGED_TILES: t})
+    replaced = {name: union[keepers, k] for k, name in enumerate(BOX_COLUMNS)}
+    replaced.update(area_px=areas, attributes=pa.array(texts, pa.string()))
+    for name, values in replaced.items():
+        result = result.set_column(result.schema.get_field_index(name), name, pa.array(values))
     return result
 
 
 def _group_tiles(
-    members: list[Finding],
-    attributes: list[dict[str, Any]],
+    members: pa.Table,
+    earlier: np.ndarray,
+    earlier_attributes: list[dict[str, Any]],
     member_owner: np.ndarray,
     grown: np.ndarray,
-) -> list[list[Any]]:
+) -> list[list[str]]:
     """For each owner in `grown`, the sorted distinct tiles of its members.
 
     A member brings its own tile id (none if empty), or the merged_tiles an
     earlier merge gave it.
     """
-    with_tiles = [k for k, a in enumerate(attributes) if MERGED_TILES in a]
-    earlier_tiles = [attributes[k][MERGED_TILES] for k in with_tiles]
-    tile_ids = list(map(attrgetter("tile_id"), members))
-    own = np.fromiter(map(bool, tile_ids), dtype=bool, count=len(members))
+    with_tiles = [k for k, a in zip(earlier.tolist(), earlier_attributes, strict=True) if MERGED_TILES in a]
+    earlier_tiles = [a[MERGED_TILES] for a in earlier_attributes if MERGED_TILES in a]
+    tile_ids = members.column("tile_id")
+    own = pc.not_equal(tile_ids, "").to_numpy(zero_copy_only=False).copy()
     own[with_tiles] = False
-    codes, names = rank_codes(
-        list(compress(tile_ids, own.tolist())) + list(chain.from_iterable(earlier_tiles))
+    names_in = pa.chunked_array(
+        [pc.filter(tile_ids, pa.array(own)).combine_chunks(), pa.array(list(chain.from_iterable(earlier_tiles)), pa.string())]
     )
+    codes, names = string_codes(names_in)
     tile_owner = np.concatenate(
-        (member_owner[own], np.repeat(member_owner[with_tiles], list(map(len, earlier_tiles))))
+        (member_owner[own], np.repeat(member_owner[with_tiles], list(map(len, earlier_tiles))).astype(np.int64))
     )
     pairs = np.sort(tile_owner * len(names) + codes)
     pairs = pairs[np.diff(pairs, prepend=-1) > 0]  # distinct (owner, tile) pairs

@@ -32,7 +32,7 @@ def test_a_chunk_is_one_file_and_failures_are_never_kept(tmp_path: Path) -> None
     with writer.writer() as put_chunk:
         put_chunk([(WINDOWS[0], ok(WINDOWS[0])), (WINDOWS[1], ok(WINDOWS[1])), (WINDOWS[2], failed)])
         put_chunk([(WINDOWS[3], ok(WINDOWS[3]))])
-    files = sorted((tmp_path / "catalog" / "cache").rglob("*.json"))
+    files = sorted((tmp_path / "catalog" / "cache").rglob("*.parquet"))
     assert len(files) == 2
 
     reader = cache(tmp_path)
@@ -67,8 +67,8 @@ def test_a_batch_reads_only_its_own_folder_and_the_scene_view_reads_all(tmp_path
 def test_an_unreadable_chunk_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with cache(tmp_path).writer() as put_chunk:
         put_chunk([(WINDOWS[0], ok(WINDOWS[0]))])
-    broken = Path(cache(tmp_path).prefix) / "broken.json"
-    broken.write_text("{not json")
+    broken = Path(cache(tmp_path).prefix) / "broken.parquet"
+    broken.write_text("not parquet")
     with caplog.at_level(logging.WARNING):
         assert cache(tmp_path).has(WINDOWS[0])
     assert str(broken) in caplog.text

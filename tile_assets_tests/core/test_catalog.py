@@ -33,11 +33,14 @@ from tile_assets.core.catalog import (
     read_json,
     read_parquet,
     scene_item,
+    write_findings,
     write_geoparquet,
     write_json,
     write_parquet,
     write_stac_json,
 )
+from tile_assets.core import catalog
+from tile_assets.core.findings_table import empty_findings, findings_table
 from tile_assets.core.geo import WGS84
 from tile_assets.core.store import LocalStore, join_uri
 from tile_assets.core.synthesis import synthesize
@@ -103,11 +106,11 @@ def _synthesis(scene: SceneInfo, findings: list[Finding]) -> dict:
         ]
     )
     results = [TileResult("t0", "ok", tuple(findings), {"water": 0.25}, scene.width * scene.height)]
-    return synthesize(scene, manifest, results, findings)
+    return synthesize(scene, manifest, results, [findings_table(findings)])
 
 
 def test_findings_frame_georeferenced(geo_scene: SceneInfo) -> None:
-    gdf = findings_frame(geo_scene, _findings(geo_scene))
+    gdf = findings_frame(geo_scene, findings_table(_findings(geo_scene)))
     assert gdf.crs.to_epsg() == 32618
     assert len(gdf) == 3 and gdf.geometry.is_valid.all()
     assert set(gdf["coord_space"]) == {"crs"}
@@ -124,13 +127,13 @@ def test_findings_frame_georeferenced(geo_scene: SceneInfo) -> None:
 
 
 def test_findings_frame_pixel_space_and_empty(plain_scene: SceneInfo, geo_scene: SceneInfo) -> None:
-    gdf = findings_frame(plain_scene, _findings(plain_scene))
+    gdf = findings_frame(plain_scene, findings_table(_findings(plain_scene)))
     assert gdf.crs is None and set(gdf["coord_space"]) == {"pixel"}
     assert gdf.geometry.iloc[0].equals(box(10, 20, 60, 80))
     assert gdf[["lon_min", "lat_min", "lon_max", "lat_max"]].isna().all().all()
 
-    empty = findings_frame(geo_scene, [])
-    full = findings_frame(geo_scene, _findings(geo_scene))
+    empty = findings_frame(geo_scene, empty_findings())
+    full = findings_frame(geo_scene, findings_table(_findings(geo_scene)))
     assert len(empty) == 0
     assert list(empty.columns) == list(full.columns)
     assert empty.dtypes.astype(str).to_dict() == full.dtypes.astype(str).to_dict()
@@ -142,7 +145,7 @@ def test_findings_frame_rotated_grid_and_degenerate_box(geo_scene: SceneInfo) ->
     a, b, c, d, e, f = geo_scene.transform
     rotated = replace(geo_scene, transform=(a * 0.8, a * 0.6, c, d - e * 0.6, e * 0.8, f))
     findings = [*_findings(rotated), Finding("line", 0.4, (30.0, 30.0, 30.0, 90.0))]
-    gdf = findings_frame(rotated, findings)
+    gdf = findings_frame(rotated, findings_table(findings))
     assert gdf.geometry.is_valid.all()
     assert gdf.geometry.iloc[-1].geom_type == "LineString"
     assert (shapely.is_ccw(gdf.geometry.iloc[:-1].exterior)).all()
@@ -155,9 +158,11 @@ def test_geoparquet_round_trip(
     tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo, which: str
 ) -> None:
     scene = plain_scene if which == "plain" else geo_scene
-    gdf = findings_frame(scene, [] if which == "empty" else _findings(scene))
+    table = findings_table([] if which == "empty" else _findings(scene))
+    gdf = findings_frame(scene, table)
     store, uri = LocalStore(), join_uri(str(tmp_path), "findings", f"{which}.parquet")
-    write_geoparquet(store, uri, gdf)
+    parts = [table.slice(0, 1), table.slice(1, 0), table.slice(1)]  # streamed in parts, one empty
+    assert write_findings(store, uri, scene, parts) == len(gdf)
 
     assert_geodataframe_equal(read_geoparquet(store, uri), gdf)
     on_disk = gpd.read_parquet(uri)
@@ -165,6 +170,21 @@ def test_geoparquet_round_trip(
     geo_meta = json.loads(pq.read_schema(uri).metadata[b"geo"])
     assert geo_meta["primary_column"] == "geometry"
     assert geo_meta["columns"]["geometry"]["encoding"] == "WKB"
+    if len(gdf):
+        assert geo_meta["columns"]["geometry"]["bbox"] == pytest.approx(list(gdf.total_bounds))
+        assert geo_meta["columns"]["geometry"]["geometry_types"] == ["Polygon"]
+
+
+def test_findings_are_written_a_row_group_at_a_time(
+    tmp_path: Path, geo_scene: SceneInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts are buffered into row groups; the file reads back as one table in order."""
+    monkeypatch.setattr(catalog, "FINDINGS_ROW_GROUP", 4)
+    table = findings_table(_findings(geo_scene) * 5)
+    uri = join_uri(str(tmp_path), "findings.parquet")
+    write_findings(LocalStore(), uri, geo_scene, [table.slice(i, 3) for i in range(0, 15, 3)])
+    assert pq.read_metadata(uri).num_row_groups == 3  # 6, 6 and 3 rows
+    assert_geodataframe_equal(gpd.read_parquet(uri), findings_frame(geo_scene, table))
 
 
 def test_parquet_and_json_round_trip(tmp_path: Path) -> None:

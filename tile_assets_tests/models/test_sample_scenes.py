@@ -16,21 +16,21 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
 
 from tile_assets.core.catalog import (
-    findings_frame,
     read_geoparquet,
     scene_item,
-    write_geoparquet,
+    write_findings,
     write_stac_json,
 )
+from tile_assets.core.findings_table import findings_table, table_findings
 from tile_assets.core.models.classical import ClassicalModel
 from tile_assets.core.models.display import valid_share
 from tile_assets.core.store import is_image_name
-from tile_assets.core.tables import findings_from_frame
 from tile_assets.core.tiling import resolve_spec
 from tile_assets.core.types import GridSpec
 from tile_assets_tests.models.pipeline import STORE, SceneRun, describe_scene, run_scene
@@ -63,7 +63,7 @@ def published(
         key = run.scene.partition_key
         findings_uri = str(root / key / "findings.parquet")
         item_uri = str(root / key / "item.json")
-        write_geoparquet(STORE, findings_uri, findings_frame(run.scene, run.merged))
+        write_findings(STORE, findings_uri, run.scene, [findings_table(run.merged)])
         when = datetime(2024, 5, 1, tzinfo=UTC)
         item = scene_item(
             run.scene, run.synthesis, {"item": item_uri, "findings": findings_uri}, datetime=when
@@ -105,7 +105,7 @@ def test_findings_round_trip_through_geoparquet(
     findings_uri, _, _ = published[name]
     frame = gpd.read_parquet(findings_uri)
     assert frame.equals(read_geoparquet(STORE, findings_uri))
-    back = findings_from_frame(frame)
+    back = table_findings(pq.read_table(findings_uri))
     assert [(f.label, f.score, f.box, f.tile_id, f.area_px) for f in back] == [
         (f.label, f.score, f.box, f.tile_id, f.area_px) for f in run.merged
     ]

@@ -34,12 +34,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+import pyarrow.parquet as pq
 import rasterio
 from PIL import Image
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from tile_assets import cli
+from tile_assets.core.cache import CHUNK_METADATA, TILE_KEY
 from tile_assets.core.errors import SourceChangedError, StoreError, TransientStoreError
 from tile_assets.core.image import TileImage
 from tile_assets.core.keys import scene_key
@@ -238,16 +240,16 @@ def test_an_overwritten_source_fails_the_run_and_its_new_version_is_analyzed_who
         assert not lab.file(name).exists(), name
     # What the first batch cached under the old version was read before the change: old pixels only.
     manifest = pd.read_parquet(lab.file("tiles.parquet"))
-    cached = [
-        entry
-        for p in lab.catalog.glob(f"cache/*/{old_fingerprint.replace(':', '-')}/**/*.json")
-        for entry in json.loads(p.read_text())["tiles"].values()
-    ]
+    cached = []
+    for p in lab.catalog.glob(f"cache/*/{old_fingerprint.replace(':', '-')}/**/*.parquet"):
+        tiles = json.loads(pq.read_metadata(p).metadata[CHUNK_METADATA])["tiles"]
+        for row in pq.read_table(p, columns=[TILE_KEY, "attributes"]).to_pylist():
+            cached.append((tiles[row[TILE_KEY]]["tile_id"], json.loads(row["attributes"])["mean"]))
     assert cached
     old_means = window_means(old, manifest)
-    for entry in cached:
-        [finding] = entry["findings"]
-        assert finding["attributes"]["mean"] == pytest.approx(old_means[entry["tile_id"]])
+    assert len(cached) == len({tile_id for tile_id, _ in cached})  # one finding per tile
+    for tile_id, mean in cached:
+        assert mean == pytest.approx(old_means[tile_id])
 
     second = lab.run(run_config({}))  # what the sensor starts for the new version
 

@@ -1,0 +1,144 @@
+"""A scene's findings from the tile cache to findings.parquet: every tile settled, merged a tile row at a time.
+
+The cache hands the scene over a chunk file at a time, and a chunk holds
+tiles of many rows (batches run in the reader's order, down columns of a
+band). `RowSpool` regroups the findings by tile row in Arrow files on local
+disk; `merge_scene` then takes the rows top first and settles what nothing
+later can touch; `write_findings` writes it as row groups. Memory follows a
+tile row, not the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tile_assets.core.cache import TileCache
+from tile_assets.core.catalog import write_findings
+from tile_assets.core.scene_merge import MergeOptions, merge_scene
+from tile_assets.core.store import Store
+from tile_assets.core.types import SceneInfo, TileResult, TileWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MergedScene:
+    """What the merge wrote, and a result per planned tile (findings counted, not held)."""
+
+    results: tuple[TileResult, ...]
+    """One per window, in manifest order; cached tiles without their findings."""
+    findings_per_tile: dict[str, int]
+    findings: int
+    findings_before_merge: int
+    counts_by_label: dict[str, int]
+
+
+def no_result(window: TileWindow) -> TileResult:
+    """A planned tile that is neither cached nor reported failed (its result was lost)."""
+    return TileResult(window.tile_id, "failed", error_type="NoResult", error_message="no result recorded")
+
+
+def merge_cached_scene(
+    store: Store,
+    findings_uri: str,
+    scene: SceneInfo,
+    windows: Sequence[TileWindow],
+    cache: TileCache,
+    failed: Mapping[str, TileResult],
+    options: MergeOptions,
+    extra: pa.Table | None = None,
+) -> MergedScene:
+    """Merge the cached findings of `windows` (plus `extra`) and write them to `findings_uri`.
+
+    Tiles take their result from the cache, else from `failed`, else they
+    are a `no_result` failure.
+    """
+    cached: dict[str, TileResult] = {}
+    per_tile: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+
+    def counted(merged: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        for table in merged:
+            labels.update(_counts(table, "label"))
+            yield table
+
+    by_id = {w.tile_id: w for w in windows}
+    with tempfile.TemporaryDirectory(prefix="tile-assets-merge-") as folder:
+        rows = RowSpool(windows, Path(folder))
+        for chunk in cache.scene_chunks(windows):
+            cached.update((r.tile_id, r) for r in chunk.results)
+            per_tile.update(_counts(chunk.findings, "tile_id"))
+            rows.add(chunk.findings)
+        merged = merge_scene(rows.top_first(), by_id, scene.width, scene.height, options, extra)
+        written = write_findings(store, findings_uri, scene, counted(merged))
+    results = tuple(cached.get(w.tile_id) or failed.get(w.tile_id) or no_result(w) for w in windows)
+    before = sum(per_tile.values())
+    log.info("%s: %d findings merged to %d", scene.partition_key, before, written)
+    return MergedScene(
+        results=results,
+        findings_per_tile=dict(per_tile),
+        findings=written,
+        findings_before_merge=before,
+        counts_by_label=dict(sorted(labels.items())),
+    )
+
+
+class RowSpool:
+    """Findings regrouped by the tile row they come from, in Arrow IPC files until read back top first.
+
+    Local scratch for one merge (deleted with its folder), not data at rest.
+    """
+
+    def __init__(self, windows: Sequence[TileWindow], folder: Path) -> None:
+        self.folder = folder
+        self.tops = sorted({w.row_off for w in windows})
+        row_of_top = {top: i for i, top in enumerate(self.tops)}
+        self.tile_ids = pa.array([w.tile_id for w in windows], pa.string())
+        self.row_of_tile = np.array([row_of_top[w.row_off] for w in windows], dtype=np.int64)
+        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def _path(self, row: int) -> Path:
+        return self.folder / f"row-{row:05d}.arrow"
+
+    def add(self, findings: pa.Table) -> None:
+        """Append findings (of tiles among the spool's windows) to the files of their tile rows."""
+        if not len(findings):
+            return
+        at = pc.index_in(findings.column("tile_id"), value_set=self.tile_ids).to_numpy()
+        rows = self.row_of_tile[at]
+        order = np.argsort(rows, kind="stable")
+        starts = np.flatnonzero(np.diff(rows[order], prepend=-1))
+        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
+            row = int(rows[order[start]])
+            if row not in self.writers:
+                self.writers[row] = pa.ipc.new_file(str(self._path(row)), findings.schema)
+            self.writers[row].write_table(findings.take(order[start:stop]))
+
+    def top_first(self) -> Iterator[tuple[pa.Table, float]]:
+        """Each tile row's findings, top row first, with the next row's top as frontier (see `merge_scene`)."""
+        for writer in self.writers.values():
+            writer.close()
+        for row, top in enumerate(self.tops):
+            frontier = float(self.tops[row + 1]) if row + 1 < len(self.tops) else float("inf")
+            if row not in self.writers:
+                continue
+            path = self._path(row)
+            with pa.OSFile(str(path)) as source:
+                table = pa.ipc.open_file(source).read_all()
+            path.unlink()
+            yield table, frontier
+
+
+def _counts(table: pa.Table, column: str) -> dict[str, int]:
+    """How often each value of a text column occurs."""
+    counts = table.column(column).value_counts()
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))

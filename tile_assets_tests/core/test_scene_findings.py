@@ -1,0 +1,94 @@
+"""From the tile cache to findings.parquet: the merge a tile row at a time writes the whole-scene merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tile_assets.core.batches import plan_scene_batches
+from tile_assets.core.borders import prefer_whole
+from tile_assets.core.cache import TileCache
+from tile_assets.core.findings_table import table_findings
+from tile_assets.core.grid import plan_grid
+from tile_assets.core.inference import run_batch
+from tile_assets.core.merge import merge_findings
+from tile_assets.core.models.classical import ClassicalModel
+from tile_assets.core.scene_findings import RowSpool, merge_cached_scene
+from tile_assets.core.scene_merge import MergeOptions
+from tile_assets.core.types import GridSpec, TileResult
+from tile_assets_tests.core.test_scene_merge import canonical
+from tile_assets_tests.models.pipeline import STORE, describe_scene
+
+NAIP = Path(__file__).resolve().parents[2] / "data" / "inbox" / "naip_2018.tif"
+SPEC = GridSpec(tile_size=192, overlap=48)
+
+
+def test_a_cached_scene_is_merged_and_written_as_the_whole_scene_merge(tmp_path: Path) -> None:
+    scene = describe_scene(NAIP)
+    windows = tuple(plan_grid(scene.width, scene.height, SPEC))
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint, "run-1")
+    raw = []
+    lost, failed_tile = windows[7], windows[11]
+    for plan in plan_scene_batches(scene, [w for w in windows if w not in (lost, failed_tile)], 4, 64):
+        report = run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+        raw += [f for r in report.results for f in r.findings]
+    failed = {failed_tile.tile_id: TileResult(failed_tile.tile_id, "failed", error_type="ModelError", error_message="boom")}
+
+    uri = str(tmp_path / "findings.parquet")
+    reader = TileCache(STORE, cache.catalog, cache.model_key, cache.fingerprint, "run-2")
+    merged = merge_cached_scene(STORE, uri, scene, windows, reader, failed, MergeOptions())
+
+    expected = merge_findings(prefer_whole(raw, {w.tile_id: w for w in windows}, scene.width, scene.height))
+    written = table_findings(pq.read_table(uri))
+    assert len(expected) > 100 and merged.findings == len(written)
+    assert canonical(written) == canonical(expected)
+    assert merged.findings_before_merge == len(raw) == sum(merged.findings_per_tile.values())
+    assert merged.counts_by_label == {
+        label: sum(f.label == label for f in expected) for label in {f.label for f in expected}
+    }
+    by_id = {r.tile_id: r for r in merged.results}
+    assert [r.tile_id for r in merged.results] == [w.tile_id for w in windows]
+    assert by_id[lost.tile_id].error_type == "NoResult"
+    assert by_id[failed_tile.tile_id].error_message == "boom"
+    ok = [r for r in merged.results if r.status == "ok"]
+    assert len(ok) == len(windows) - 2 and all(r.from_cache and r.valid_pixels > 0 for r in ok)
+
+
+def test_the_spool_gives_back_each_tile_row_top_first(tmp_path: Path) -> None:
+    scene = describe_scene(NAIP)
+    windows = tuple(plan_grid(scene.width, scene.height, SPEC))
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint)
+    for plan in plan_scene_batches(scene, windows, 2, 64):
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+    spool = RowSpool(windows, tmp_path / "spool")
+    (tmp_path / "spool").mkdir()
+    for chunk in cache.scene_chunks(windows):
+        spool.add(chunk.findings)
+    tops = sorted({w.row_off for w in windows})
+    row_of = {w.tile_id: w.row_off for w in windows}
+    seen = []
+    for table, frontier in spool.top_first():
+        rows = {row_of[t] for t in table.column("tile_id").to_pylist()}
+        assert len(rows) == 1
+        (top,) = rows
+        seen.append(top)
+        assert frontier == (tops[tops.index(top) + 1] if top != tops[-1] else float("inf"))
+    assert seen == tops
+    assert not list((tmp_path / "spool").iterdir())  # scratch files are gone once read
+
+
+@pytest.mark.parametrize("strategy", ["nms", "none"])
+def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str) -> None:
+    scene = describe_scene(NAIP)
+    windows = tuple(plan_grid(scene.width, scene.height, SPEC))[:20]
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint)
+    (plan,) = plan_scene_batches(scene, windows, 1, 64)
+    report = run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+    raw = [f for r in report.results for f in r.findings]
+    uri = str(tmp_path / "findings.parquet")
+    options = MergeOptions(strategy=strategy, border_aware=False)  # type: ignore[arg-type]
+    merge_cached_scene(STORE, uri, scene, windows, cache, {}, options)
+    expected = merge_findings(raw, strategy)  # type: ignore[arg-type]
+    assert canonical(table_findings(pq.read_table(uri))) == canonical(expected)
