@@ -23,7 +23,7 @@ from tile_assets.core.inference import run_batch
 from tile_assets.core.keys import model_key
 from tile_assets.core.models.base import TileModel
 from tile_assets.core.overview_pass import full_image_findings
-from tile_assets.core.scene_findings import merge_cached_scene
+from tile_assets.core.scene_findings import CachedScene
 from tile_assets.core.scene_merge import MergeOptions
 from tile_assets.core.tables import tile_results_frame
 from tile_assets.core.tiling import manifest_windows
@@ -199,35 +199,28 @@ def infer_lost(
     context: dg.OpExecutionContext,
     imagery: ImageryStore,
     tile_model: TileModelResource,
-    model: TileModel,
     scene: SceneInfo,
     tiles: dict,
-    windows: tuple[TileWindow, ...],
+    lost: tuple[TileWindow, ...],
     failed: dict[str, TileResult],
-) -> int:
-    """Infer the tiles in no cache file and no failure row; how many were inferred (their failures join `failed`).
+) -> TileCache:
+    """Infer tiles in no cache file and no failure row; the cache view holding them (failures join `failed`).
 
     Such tiles belong to batches a re-execution lost: from failure, Dagster
     re-runs only the steps a killed parent logged, never the batches that
     had not started. They are inferred here rather than left out.
     """
-    cache = scene_cache(context, imagery, model, scene)
-    lost = tuple(w for w in windows if w.tile_id not in failed and not cache.has(w))
-    if not lost:
-        return 0
     try:
         spec = GridSpec.from_dict(tiles["spec"])
         settled = infer_plan(context, imagery, tile_model, scene, spec, BatchPlan("merge", lost), True)
     except TileAssetsError as exc:
         raise scene_failure(imagery, scene.partition_key, "tile_findings", exc, retries_left=False) from exc
     failed.update((row["tile_id"], TileResult.from_dict(row)) for row in settled["failed"])
-    inferred = int(settled["tiles_inferred"])
-    if inferred:
-        context.log.warning(
-            f"{inferred} tile(s) were in no batch and not cached (batches a re-execution "
-            "lost); inferred in this step"
-        )
-    return inferred
+    context.log.warning(
+        f"{settled['tiles_inferred']} tile(s) were in no batch and not cached (batches a "
+        "re-execution lost); inferred in this step"
+    )
+    return scene_cache(context, imagery, tile_model.load(), scene).for_batch(lost)
 
 
 def full_image_table(
@@ -264,8 +257,8 @@ def merge_findings(
 
     Every tile of the manifest gets a result: from the cache, from a
     batch's failure rows, or inferred here when a re-execution lost its
-    batch (`infer_lost`). Findings are read from the cache, merged and
-    written a band of tiles at a time (`merge_cached_scene`).
+    batch (`infer_lost`). Each cache file is read once; findings are merged
+    and written a tile row at a time (`CachedScene`).
     """
     key = source_images["partition_key"]
     scene = SceneInfo.from_dict(source_images)
@@ -273,19 +266,19 @@ def merge_findings(
     windows = manifest_windows(read_parquet(store, tiles["uri"]))
     model = tile_model.load()
     failed = {row["tile_id"]: TileResult.from_dict(row) for report in reports for row in report["failed"]}
-    inferred_here = infer_lost(context, imagery, tile_model, model, scene, tiles, windows, failed)
     extra, full_image = full_image_table(context, imagery, model, scene, config)
     findings_uri = imagery.scene_uri(key, "findings.parquet")
-    merged = merge_cached_scene(
-        store,
-        findings_uri,
-        scene,
-        windows,
-        scene_cache(context, imagery, model, scene),
-        failed,
-        MergeOptions(config.strategy, config.metric, config.threshold, config.class_agnostic, config.border_aware),
-        extra,
+    options = MergeOptions(
+        config.strategy, config.metric, config.threshold, config.class_agnostic, config.border_aware
     )
+    with CachedScene(windows) as gathered:
+        gathered.add(scene_cache(context, imagery, model, scene))
+        lost = gathered.missing(failed)
+        if lost:
+            gathered.add(infer_lost(context, imagery, tile_model, scene, tiles, lost, failed))
+        merged = gathered.merge_into(store, findings_uri, scene, failed, options, extra)
+    lost_ids = {w.tile_id for w in lost}
+    inferred_here = sum(r.tile_id in lost_ids and r.status == "ok" for r in merged.results)
     results = merged.results
     results_uri = imagery.scene_uri(key, "tile_results.parquet")
     write_parquet(store, results_uri, tile_results_frame(results, merged.findings_per_tile))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,28 @@ def _cut(
     )
 
 
+@dataclass(frozen=True)
+class TileBoxes:
+    """A scene's tile windows as arrays, for finding each finding's window by tile id at once."""
+
+    ids: pa.Array
+    boxes: np.ndarray
+    """(n + 1, 4): the windows in `ids` order, then the whole scene (the window of
+    findings from no tile, e.g. the full-image pass: never cut)."""
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, windows: Mapping[str, TileWindow], width: int, height: int) -> TileBoxes:
+        boxes = np.array([w.box for w in windows.values()] + [(0.0, 0.0, width, height)])
+        return cls(pa.array(list(windows), pa.string()), boxes, width, height)
+
+    def of_findings(self, table: pa.Table) -> np.ndarray:
+        """The window of each finding of `table` (n, 4)."""
+        found = pc.index_in(table.column("tile_id"), value_set=self.ids)
+        return self.boxes[pc.fill_null(found, len(self.ids)).to_numpy()]
+
+
 def prefer_whole(
     findings: Sequence[Finding],
     windows: Mapping[str, TileWindow],
@@ -64,14 +87,13 @@ def prefer_whole(
     **options: Any,
 ) -> list[Finding]:
     """`prefer_whole_table` on `Finding` objects."""
-    return table_findings(prefer_whole_table(findings_table(findings), windows, width, height, **options))
+    tiles = TileBoxes.of(windows, width, height)
+    return table_findings(prefer_whole_table(findings_table(findings), tiles, **options))
 
 
 def prefer_whole_table(
     table: pa.Table,
-    windows: Mapping[str, TileWindow],
-    width: int,
-    height: int,
+    tiles: TileBoxes,
     *,
     margin_px: float = DEFAULT_MARGIN_PX,
     containment: float = DEFAULT_CONTAINMENT,
@@ -79,24 +101,19 @@ def prefer_whole_table(
 ) -> pa.Table:
     """The findings of `table` without the cut views that a whole view of the same object covers.
 
-    A cut view (see `is_cut`; `windows` maps tile ids to their windows,
-    findings of other ids are whole) is dropped when at least `containment`
-    of its box area lies inside the box of one whole finding with the same
-    label (any label with `class_agnostic`). Order is kept. Covering pairs
-    come from `overlapping_pairs`' sweep, so the cost grows with the
-    findings, not their square.
+    A cut view (see `is_cut`; findings of tile ids not in `tiles` are
+    whole) is dropped when at least `containment` of its box area lies
+    inside the box of one whole finding with the same label (any label with
+    `class_agnostic`). Order is kept. Covering pairs come from
+    `overlapping_pairs`' sweep, so the cost grows with the findings, not
+    their square.
     """
     if not 0.0 < containment <= 1.0:
         raise TileAssetsError("prefer_whole", f"containment {containment!r} outside (0, 1]")
     if margin_px < 0:
         raise TileAssetsError("prefer_whole", f"margin_px must be >= 0, got {margin_px!r}")
-    # A finding without a tile window gets the whole scene as its window: never cut.
-    tile_ids = pa.array(list(windows), pa.string())
-    window_boxes = np.array([w.box for w in windows.values()] + [(0.0, 0.0, width, height)])
-    found = pc.index_in(table.column("tile_id"), value_set=tile_ids)
-    at = pc.fill_null(found, len(windows)).to_numpy().astype(np.int64)
     boxes = table_boxes(table)
-    cut = _cut(boxes, window_boxes[at], width, height, margin_px)
+    cut = _cut(boxes, tiles.of_findings(table), tiles.width, tiles.height, margin_px)
     if not cut.any() or cut.all():
         return table
     codes = None if class_agnostic else string_codes(table.column("label"))[0]

@@ -34,7 +34,7 @@ from tile_assets.core.catalog import PARQUET_TYPE
 from tile_assets.core.findings_table import FINDINGS_SCHEMA, findings_table, table_findings
 from tile_assets.core.keys import tile_cache_key
 from tile_assets.core.store import Store, join_uri
-from tile_assets.core.types import TileResult, TileWindow
+from tile_assets.core.types import Finding, TileResult, TileWindow
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +148,12 @@ class TileCache:
             self._tables[uri] = read[1] if read and read[1] is not None else _EMPTY_CHUNK
         return self._tables[uri]
 
-    def _result(self, window: TileWindow, entry: dict[str, Any], findings: pa.Table) -> TileResult:
+    def _result(self, window: TileWindow, entry: dict[str, Any], findings: tuple[Finding, ...] = ()) -> TileResult:
         own = bool(self.run_group) and entry["run_group"] == self.run_group
         return TileResult(
             tile_id=window.tile_id,
             status="ok",
-            findings=tuple(table_findings(findings)),
+            findings=findings,
             cover=entry.get("cover", {}),
             valid_pixels=entry.get("valid_pixels", 0),
             from_cache=not own,
@@ -166,7 +166,8 @@ class TileCache:
         if entry is None:
             return None
         table = self._findings_of(entry["uri"])
-        return self._result(window, entry, table.filter(pc.equal(table.column(TILE_KEY), key)))
+        findings = table_findings(table.filter(pc.equal(table.column(TILE_KEY), key)))
+        return self._result(window, entry, tuple(findings))
 
     def has(self, window: TileWindow) -> bool:
         """Whether a tile has an entry: enough to plan work."""
@@ -194,7 +195,7 @@ class TileCache:
                 continue
             seen.update(entries)
             keep = pc.is_in(table.column(TILE_KEY), value_set=pa.array(list(entries), pa.string()))
-            results = tuple(self._result(by_key[k], e, _EMPTY_CHUNK) for k, e in entries.items())
+            results = tuple(self._result(by_key[k], e) for k, e in entries.items())
             yield CachedChunk(results, table.filter(keep).drop_columns([TILE_KEY]))
 
     def put_chunk(self, done: Sequence[tuple[TileWindow, TileResult]]) -> None:

@@ -38,7 +38,12 @@ Progress = Callable[[int, int, int], None]
 
 @dataclass(frozen=True)
 class BatchReport:
-    """Everything one batch produced: a result per tile, in the batch's tile order."""
+    """Everything one batch produced: a result per tile, in the batch's tile order.
+
+    With a cache, successful results carry no findings (they are in the
+    cache): a batch of 256 tiles would otherwise hold some 50,000 `Finding`s
+    until it ends.
+    """
 
     batch_id: str
     results: tuple[TileResult, ...]
@@ -185,7 +190,7 @@ def run_batch(
     for window in plan.windows:
         hit = cache.get(window) if cache else None
         if hit is not None:
-            results[window.tile_id] = hit
+            results[window.tile_id] = replace(hit, findings=())
         else:
             todo.append(window)
 
@@ -223,7 +228,7 @@ def run_batch(
                         elif isinstance(outcome, BaseException):
                             results[tile.window.tile_id] = failure_row(tile.window, outcome)
                         else:
-                            results[tile.window.tile_id] = outcome
+                            results[tile.window.tile_id] = replace(outcome, findings=()) if cache else outcome
                             done.append((tile.window, outcome))
                     put_chunk(done)
                 report_progress()

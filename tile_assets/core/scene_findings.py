@@ -1,6 +1,6 @@
 """A scene's findings from the tile cache to findings.parquet: every tile settled, merged a tile row at a time.
 
-The cache hands the scene over a chunk file at a time, and a chunk holds
+`CachedScene` reads the cache a chunk file at a time, and a chunk holds
 tiles of many rows (batches run in the reader's order, down columns of a
 band). `RowSpool` regroups the findings by tile row in Arrow files on local
 disk; `merge_scene` then takes the rows top first and settles what nothing
@@ -47,49 +47,73 @@ def no_result(window: TileWindow) -> TileResult:
     return TileResult(window.tile_id, "failed", error_type="NoResult", error_message="no result recorded")
 
 
-def merge_cached_scene(
-    store: Store,
-    findings_uri: str,
-    scene: SceneInfo,
-    windows: Sequence[TileWindow],
-    cache: TileCache,
-    failed: Mapping[str, TileResult],
-    options: MergeOptions,
-    extra: pa.Table | None = None,
-) -> MergedScene:
-    """Merge the cached findings of `windows` (plus `extra`) and write them to `findings_uri`.
+class CachedScene:
+    """A scene's cached tile results gathered for its merge: results in memory, findings spooled by tile row.
 
-    Tiles take their result from the cache, else from `failed`, else they
-    are a `no_result` failure.
+    Use it as a context manager (the spool's scratch folder lives as long
+    as the block); `add` one cache view or more, then `merge_into` once.
     """
-    cached: dict[str, TileResult] = {}
-    per_tile: Counter[str] = Counter()
-    labels: Counter[str] = Counter()
 
-    def counted(merged: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        for table in merged:
-            labels.update(_counts(table, "label"))
-            yield table
+    def __init__(self, windows: Sequence[TileWindow]) -> None:
+        self.windows = tuple(windows)
+        self.cached: dict[str, TileResult] = {}
+        self.per_tile: Counter[str] = Counter()
+        self._scratch = tempfile.TemporaryDirectory(prefix="tile-assets-merge-")
+        self.rows = RowSpool(self.windows, Path(self._scratch.name))
 
-    by_id = {w.tile_id: w for w in windows}
-    with tempfile.TemporaryDirectory(prefix="tile-assets-merge-") as folder:
-        rows = RowSpool(windows, Path(folder))
-        for chunk in cache.scene_chunks(windows):
-            cached.update((r.tile_id, r) for r in chunk.results)
-            per_tile.update(_counts(chunk.findings, "tile_id"))
-            rows.add(chunk.findings)
-        merged = merge_scene(rows.top_first(), by_id, scene.width, scene.height, options, extra)
+    def __enter__(self) -> CachedScene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._scratch.cleanup()
+
+    def add(self, cache: TileCache) -> None:
+        """Read every chunk file of `cache` once: results kept, findings spooled."""
+        for chunk in cache.scene_chunks(self.windows):
+            self.cached.update((r.tile_id, r) for r in chunk.results)
+            self.per_tile.update(_counts(chunk.findings, "tile_id"))
+            self.rows.add(chunk.findings)
+
+    def missing(self, failed: Mapping[str, TileResult]) -> tuple[TileWindow, ...]:
+        """Windows neither cached nor in `failed`: their results were lost."""
+        return tuple(w for w in self.windows if w.tile_id not in self.cached and w.tile_id not in failed)
+
+    def merge_into(
+        self,
+        store: Store,
+        findings_uri: str,
+        scene: SceneInfo,
+        failed: Mapping[str, TileResult],
+        options: MergeOptions,
+        extra: pa.Table | None = None,
+    ) -> MergedScene:
+        """Merge the gathered findings (plus `extra`) and write them to `findings_uri`.
+
+        Tiles take their result from the cache, else from `failed`, else
+        they are a `no_result` failure.
+        """
+        labels: Counter[str] = Counter()
+
+        def counted(merged: Iterator[pa.Table]) -> Iterator[pa.Table]:
+            for table in merged:
+                labels.update(_counts(table, "label"))
+                yield table
+
+        by_id = {w.tile_id: w for w in self.windows}
+        merged = merge_scene(self.rows.top_first(), by_id, scene.width, scene.height, options, extra)
         written = write_findings(store, findings_uri, scene, counted(merged))
-    results = tuple(cached.get(w.tile_id) or failed.get(w.tile_id) or no_result(w) for w in windows)
-    before = sum(per_tile.values())
-    log.info("%s: %d findings merged to %d", scene.partition_key, before, written)
-    return MergedScene(
-        results=results,
-        findings_per_tile=dict(per_tile),
-        findings=written,
-        findings_before_merge=before,
-        counts_by_label=dict(sorted(labels.items())),
-    )
+        results = tuple(
+            self.cached.get(w.tile_id) or failed.get(w.tile_id) or no_result(w) for w in self.windows
+        )
+        before = sum(self.per_tile.values())
+        log.info("%s: %d findings merged to %d", scene.partition_key, before, written)
+        return MergedScene(
+            results=results,
+            findings_per_tile=dict(self.per_tile),
+            findings=written,
+            findings_before_merge=before,
+            counts_by_label=dict(sorted(labels.items())),
+        )
 
 
 class RowSpool:
@@ -114,14 +138,15 @@ class RowSpool:
         if not len(findings):
             return
         at = pc.index_in(findings.column("tile_id"), value_set=self.tile_ids).to_numpy()
-        rows = self.row_of_tile[at]
-        order = np.argsort(rows, kind="stable")
-        starts = np.flatnonzero(np.diff(rows[order], prepend=-1))
-        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
-            row = int(rows[order[start]])
+        order = np.argsort(self.row_of_tile[at], kind="stable")
+        rows = self.row_of_tile[at][order]
+        by_row = findings.take(order)  # one take, then zero-copy slices per row
+        starts = np.flatnonzero(np.diff(rows, prepend=-1))
+        for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
+            row = int(rows[start])
             if row not in self.writers:
                 self.writers[row] = pa.ipc.new_file(str(self._path(row)), findings.schema)
-            self.writers[row].write_table(findings.take(order[start:stop]))
+            self.writers[row].write_table(by_row.slice(start, stop - start))
 
     def top_first(self) -> Iterator[tuple[pa.Table, float]]:
         """Each tile row's findings, top row first, with the next row's top as frontier (see `merge_scene`)."""

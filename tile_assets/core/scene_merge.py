@@ -21,7 +21,7 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tile_assets.core.borders import prefer_whole_table
+from tile_assets.core.borders import TileBoxes, prefer_whole_table
 from tile_assets.core.findings_table import column_array, empty_findings, table_boxes
 from tile_assets.core.merge import merge_table, overlapping_pairs, string_codes
 from tile_assets.core.types import MatchMetric, MergeStrategy, TileWindow
@@ -56,6 +56,7 @@ def merge_scene(
     start. The union of what is yielded equals `merge_table` of
     `prefer_whole_table` (when `border_aware`) over all the findings.
     """
+    tiles = TileBoxes.of(windows, width, height)
     waiting = empty_findings()
     pending = _by_top(extra) if extra is not None else empty_findings()
     for found, frontier in parts:
@@ -64,11 +65,11 @@ def merge_scene(
         pending = pending.slice(starts)
         settled = _settled(waiting, frontier, options.class_agnostic)
         if settled.any():
-            yield _merge(waiting.filter(pa.array(settled)), windows, width, height, options)
+            yield _merge(waiting.filter(pa.array(settled)), tiles, options)
             waiting = waiting.filter(pa.array(~settled))
     waiting = pa.concat_tables([waiting, pending])
     if len(waiting):
-        yield _merge(waiting, windows, width, height, options)
+        yield _merge(waiting, tiles, options)
 
 
 def _by_top(table: pa.Table) -> pa.Table:
@@ -91,13 +92,9 @@ def _settled(table: pa.Table, frontier: float, class_agnostic: bool) -> np.ndarr
     return ~open_group[group]
 
 
-def _merge(
-    table: pa.Table, windows: Mapping[str, TileWindow], width: int, height: int, options: MergeOptions
-) -> pa.Table:
+def _merge(table: pa.Table, tiles: TileBoxes, options: MergeOptions) -> pa.Table:
     if options.border_aware:
-        table = prefer_whole_table(
-            table, windows, width, height, class_agnostic=options.class_agnostic
-        )
+        table = prefer_whole_table(table, tiles, class_agnostic=options.class_agnostic)
     return merge_table(
         table, options.strategy, options.metric, options.threshold, options.class_agnostic
     )

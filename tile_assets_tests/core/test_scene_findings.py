@@ -15,9 +15,9 @@ from tile_assets.core.grid import plan_grid
 from tile_assets.core.inference import run_batch
 from tile_assets.core.merge import merge_findings
 from tile_assets.core.models.classical import ClassicalModel
-from tile_assets.core.scene_findings import RowSpool, merge_cached_scene
+from tile_assets.core.scene_findings import CachedScene, RowSpool
 from tile_assets.core.scene_merge import MergeOptions
-from tile_assets.core.types import GridSpec, TileResult
+from tile_assets.core.types import Finding, GridSpec, TileResult, TileWindow
 from tile_assets_tests.core.test_scene_merge import canonical
 from tile_assets_tests.models.pipeline import STORE, describe_scene
 
@@ -25,20 +25,29 @@ NAIP = Path(__file__).resolve().parents[2] / "data" / "inbox" / "naip_2018.tif"
 SPEC = GridSpec(tile_size=192, overlap=48)
 
 
+def cached_findings(cache: TileCache, windows: tuple[TileWindow, ...]) -> list[Finding]:
+    """What the batches cached, as the model returned it (every tile once)."""
+    findings = [f for chunk in cache.scene_chunks(windows) for f in table_findings(chunk.findings)]
+    assert len({(f.tile_id, f.box, f.label) for f in findings}) == len(findings)
+    return findings
+
+
 def test_a_cached_scene_is_merged_and_written_as_the_whole_scene_merge(tmp_path: Path) -> None:
     scene = describe_scene(NAIP)
     windows = tuple(plan_grid(scene.width, scene.height, SPEC))
     cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint, "run-1")
-    raw = []
     lost, failed_tile = windows[7], windows[11]
     for plan in plan_scene_batches(scene, [w for w in windows if w not in (lost, failed_tile)], 4, 64):
-        report = run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
-        raw += [f for r in report.results for f in r.findings]
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+    raw = cached_findings(cache, windows)
     failed = {failed_tile.tile_id: TileResult(failed_tile.tile_id, "failed", error_type="ModelError", error_message="boom")}
 
     uri = str(tmp_path / "findings.parquet")
     reader = TileCache(STORE, cache.catalog, cache.model_key, cache.fingerprint, "run-2")
-    merged = merge_cached_scene(STORE, uri, scene, windows, reader, failed, MergeOptions())
+    with CachedScene(windows) as gathered:
+        gathered.add(reader)
+        assert gathered.missing(failed) == (lost,)
+        merged = gathered.merge_into(STORE, uri, scene, failed, MergeOptions())
 
     expected = merge_findings(prefer_whole(raw, {w.tile_id: w for w in windows}, scene.width, scene.height))
     written = table_findings(pq.read_table(uri))
@@ -86,9 +95,12 @@ def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str
     cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint)
     (plan,) = plan_scene_batches(scene, windows, 1, 64)
     report = run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
-    raw = [f for r in report.results for f in r.findings]
+    assert all(r.status == "ok" and not r.findings for r in report.results)  # they are in the cache
+    raw = cached_findings(cache, windows)
     uri = str(tmp_path / "findings.parquet")
     options = MergeOptions(strategy=strategy, border_aware=False)  # type: ignore[arg-type]
-    merge_cached_scene(STORE, uri, scene, windows, cache, {}, options)
+    with CachedScene(windows) as gathered:
+        gathered.add(cache)
+        gathered.merge_into(STORE, uri, scene, {}, options)
     expected = merge_findings(raw, strategy)  # type: ignore[arg-type]
     assert canonical(table_findings(pq.read_table(uri))) == canonical(expected)

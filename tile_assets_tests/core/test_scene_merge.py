@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tile_assets.core.borders import prefer_whole_table
+from tile_assets.core.borders import TileBoxes, prefer_whole_table
 from tile_assets.core.findings_table import findings_table, table_findings
 from tile_assets.core.grid import plan_grid
 from tile_assets.core.merge import merge_table
@@ -43,7 +43,8 @@ def by_tile_row(
 
 def whole_scene(table: pa.Table, windows: dict[str, TileWindow], width: int, height: int, options: MergeOptions) -> list[Finding]:
     if options.border_aware:
-        table = prefer_whole_table(table, windows, width, height, class_agnostic=options.class_agnostic)
+        tiles = TileBoxes.of(windows, width, height)
+        table = prefer_whole_table(table, tiles, class_agnostic=options.class_agnostic)
     return table_findings(
         merge_table(table, options.strategy, options.metric, options.threshold, options.class_agnostic)
     )
