@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tile_assets.core.errors import StoreError, TransientStoreError
 from tile_assets.core.catalog import PARQUET_TYPE
+from tile_assets.core.errors import StoreError, TransientStoreError
 from tile_assets.core.findings_table import FINDINGS_SCHEMA, findings_table, table_findings
 from tile_assets.core.keys import tile_cache_key
 from tile_assets.core.store import Store, join_uri
@@ -125,11 +125,12 @@ class TileCache:
         try:
             parquet = pq.ParquetFile(io.BytesIO(self.store.read_bytes(uri)))
             chunk = json.loads((parquet.metadata.metadata or {})[CHUNK_METADATA])
-            chunk["tiles"].items()
+            if not isinstance(chunk.get("tiles"), dict):
+                raise ValueError("no tiles in the chunk's metadata")
             return chunk, parquet.read() if findings else None
         except TransientStoreError:
             raise
-        except (StoreError, pa.ArrowException, ValueError, KeyError, TypeError, AttributeError):
+        except (StoreError, pa.ArrowException, ValueError, KeyError, TypeError, AttributeError):  # AttributeError: JSON not an object
             log.warning("ignoring unreadable cache file %s", uri)
             return None
 
