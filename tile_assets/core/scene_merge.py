@@ -64,6 +64,7 @@ def merge_scene(
         waiting = pa.concat_tables([waiting, found, pending.slice(0, starts)])
         pending = pending.slice(starts)
         settled = _settled(waiting, frontier, options.class_agnostic)
+        log.debug("frontier %s: %d findings settled, %d wait", frontier, int(settled.sum()), int((~settled).sum()))
         if settled.any():
             yield _merge(waiting.filter(pa.array(settled)), tiles, options)
             waiting = waiting.filter(pa.array(~settled))
