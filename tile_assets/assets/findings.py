@@ -203,8 +203,8 @@ def infer_lost(
     tiles: dict,
     lost: tuple[TileWindow, ...],
     failed: dict[str, TileResult],
-) -> TileCache:
-    """Infer tiles in no cache file and no failure row; the cache view holding them (failures join `failed`).
+) -> None:
+    """Infer tiles in no cache file and no failure row: successes go to their batch's cache folder, failures join `failed`.
 
     Such tiles belong to batches a re-execution lost: from failure, Dagster
     re-runs only the steps a killed parent logged, never the batches that
@@ -220,7 +220,6 @@ def infer_lost(
         f"{settled['tiles_inferred']} tile(s) were in no batch and not cached (batches a "
         "re-execution lost); inferred in this step"
     )
-    return scene_cache(context, imagery, tile_model.load(), scene).for_batch(lost)
 
 
 def full_image_table(
@@ -271,11 +270,13 @@ def merge_findings(
     options = MergeOptions(
         config.strategy, config.metric, config.threshold, config.class_agnostic, config.border_aware
     )
+    cache = scene_cache(context, imagery, model, scene)
     with CachedScene(windows) as gathered:
-        gathered.add(scene_cache(context, imagery, model, scene))
+        gathered.add(cache)
         lost = gathered.missing(failed)
         if lost:
-            gathered.add(infer_lost(context, imagery, tile_model, scene, tiles, lost, failed))
+            infer_lost(context, imagery, tile_model, scene, tiles, lost, failed)
+            gathered.add(cache.for_batch(lost))  # only the folder those tiles were written to
         merged = gathered.merge_into(store, findings_uri, scene, failed, options, extra)
     lost_ids = {w.tile_id for w in lost}
     inferred_here = sum(r.tile_id in lost_ids and r.status == "ok" for r in merged.results)

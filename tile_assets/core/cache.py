@@ -56,6 +56,12 @@ TILE_KEY = "tile_key"
 _EMPTY_CHUNK = FINDINGS_SCHEMA.append(pa.field(TILE_KEY, pa.string())).empty_table()
 
 
+def _tile_entries(chunk: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A chunk file's tiles by tile key, each with the run group that wrote them."""
+    run_group = chunk.get("run_group", "")
+    return {key: {**entry, "run_group": run_group} for key, entry in chunk["tiles"].items()}
+
+
 @dataclass(frozen=True)
 class CachedChunk:
     """What one chunk file holds of a scene's tiles: results (without findings) and the findings."""
@@ -115,9 +121,8 @@ class TileCache:
             read = self._read_chunk(uri)
             if read is None:
                 continue
-            chunk, _ = read
-            for key, entry in chunk["tiles"].items():
-                found.setdefault(key, {**entry, "run_group": chunk.get("run_group", ""), "uri": uri})
+            for key, entry in _tile_entries(read[0]).items():
+                found.setdefault(key, {**entry, "uri": uri})
         return found
 
     def _read_chunk(self, uri: str, findings: bool = False) -> tuple[dict[str, Any], pa.Table | None] | None:
@@ -160,12 +165,18 @@ class TileCache:
             from_cache=not own,
         )
 
-    def get(self, window: TileWindow) -> TileResult | None:
-        """The cached result of a tile (`from_cache` unless this run group wrote it), or None when never done."""
+    def get(self, window: TileWindow, findings: bool = True) -> TileResult | None:
+        """The cached result of a tile (`from_cache` unless this run group wrote it), or None when never done.
+
+        With `findings=False` the result comes without its findings and the
+        chunk file is not read again (a batch only needs to know it is done).
+        """
         key = self.key(window)
         entry = self.entries.get(key)
         if entry is None:
             return None
+        if not findings:
+            return self._result(window, entry)
         table = self._findings_of(entry["uri"])
         findings = table_findings(table.filter(pc.equal(table.column(TILE_KEY), key)))
         return self._result(window, entry, tuple(findings))
@@ -187,11 +198,7 @@ class TileCache:
             if read is None:
                 continue
             chunk, table = read
-            entries = {
-                k: {**e, "run_group": chunk.get("run_group", "")}
-                for k, e in chunk["tiles"].items()
-                if k in by_key and k not in seen
-            }
+            entries = {k: e for k, e in _tile_entries(chunk).items() if k in by_key and k not in seen}
             if not entries or table is None:
                 continue
             seen.update(entries)
@@ -215,6 +222,7 @@ class TileCache:
         buf = io.BytesIO()
         pq.write_table(table.replace_schema_metadata({CHUNK_METADATA: metadata}), buf)
         self.store.write_bytes(join_uri(self.folder, f"{_digest(tiles)}.parquet"), buf.getvalue(), PARQUET_TYPE)
+
     @contextmanager
     def writer(self) -> Iterator[PutChunk]:
         """A `put_chunk` that writes in the background while the batch reads on.

@@ -152,9 +152,9 @@ def write_findings(store: Store, uri: str, scene: SceneInfo, parts: Iterable[pa.
         rows += len(frame)
         if len(frame):
             types.update(shapely.get_type_id(frame.geometry.values).tolist())
-            low, high = frame.total_bounds[:2], frame.total_bounds[2:]
-            bounds[:2] = np.minimum(bounds[:2], low)
-            bounds[2:] = np.maximum(bounds[2:], high)
+            total = frame.total_bounds
+            bounds[:2] = np.minimum(bounds[:2], total[:2])
+            bounds[2:] = np.maximum(bounds[2:], total[2:])
 
     pending: list[pa.Table] = []
     held = 0

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tile_assets.core.types import Finding
 
@@ -87,6 +88,12 @@ def table_boxes(table: pa.Table) -> np.ndarray:
 def column_array(table: pa.Table, name: str) -> np.ndarray:
     """One numeric column as a contiguous numpy array."""
     return np.ascontiguousarray(table.column(name).to_numpy())
+
+
+def value_counts(column: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """How often each value of a text column occurs."""
+    counted = pc.value_counts(column)
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
 
 
 def empty_findings() -> pa.Table:

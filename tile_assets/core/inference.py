@@ -192,9 +192,9 @@ def run_batch(
     transient: list[tuple[TileWindow, BaseException]] = []
     todo: list[TileWindow] = []
     for window in plan.windows:
-        hit = cache.get(window) if cache else None
+        hit = cache.get(window, findings=False) if cache else None
         if hit is not None:
-            results[window.tile_id] = replace(hit, findings=())
+            results[window.tile_id] = hit
         else:
             todo.append(window)
 

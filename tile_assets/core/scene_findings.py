@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from tile_assets.core.cache import TileCache
 from tile_assets.core.catalog import write_findings
+from tile_assets.core.findings_table import value_counts
 from tile_assets.core.scene_merge import MergeOptions, merge_scene
 from tile_assets.core.store import Store
 from tile_assets.core.types import SceneInfo, TileResult, TileWindow
@@ -71,7 +72,7 @@ class CachedScene:
         """Read every chunk file of `cache` once: results kept, findings spooled."""
         for chunk in cache.scene_chunks(self.windows):
             self.cached.update((r.tile_id, r) for r in chunk.results)
-            self.per_tile.update(_counts(chunk.findings, "tile_id"))
+            self.per_tile.update(value_counts(chunk.findings.column("tile_id")))
             self.rows.add(chunk.findings)
 
     def missing(self, failed: Mapping[str, TileResult]) -> tuple[TileWindow, ...]:
@@ -96,7 +97,7 @@ class CachedScene:
 
         def counted(merged: Iterator[pa.Table]) -> Iterator[pa.Table]:
             for table in merged:
-                labels.update(_counts(table, "label"))
+                labels.update(value_counts(table.column("label")))
                 yield table
 
         by_id = {w.tile_id: w for w in self.windows}
@@ -167,8 +168,3 @@ class RowSpool:
             path.unlink()
             yield table, frontier
 
-
-def _counts(table: pa.Table, column: str) -> dict[str, int]:
-    """How often each value of a text column occurs."""
-    counts = table.column(column).value_counts()
-    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))

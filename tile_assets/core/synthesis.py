@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tile_assets.core.findings_table import value_counts
 from tile_assets.core.geo import pixel_to_lonlat
 from tile_assets.core.tables import BOX_COLUMNS, FindingBatches, record_batches
 from tile_assets.core.types import Box, SceneInfo, TileResult
@@ -212,9 +213,7 @@ class _Tally:
     def add(self, batch: pa.RecordBatch) -> None:
         """Count one batch of findings in, keeping only the best `notable` of all seen."""
         self.total += batch.num_rows
-        tallied = pc.value_counts(batch.column("label"))
-        labels, counts = tallied.field("values").to_pylist(), tallied.field("counts").to_pylist()
-        self.counts.update(dict(zip(labels, counts, strict=True)))
+        self.counts.update(value_counts(batch.column("label")))
         self.grid += _grid_counts(self.scene, *(_floats(batch, name) for name in BOX_COLUMNS))
         self.top = heapq.nsmallest(self.notable, [*self.top, *self._best(batch)], key=_rank)
         if self.first_model is None:
