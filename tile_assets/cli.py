@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tile_assets.assets.findings import BatchingConfig
 from tile_assets.core.errors import StoreError, TileAssetsError
 from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import scene_key
@@ -270,8 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--match", choices=["ios", "iou"], default="ios", help="box matching metric of the merge")
     run.add_argument("--match-threshold", type=float, default=0.5)
     run.add_argument("--full-image-pass", action="store_true", help="also run the model on the whole scene, downsampled")
-    run.add_argument("--target-steps", type=int, default=8, help="about this many inference steps per scene")
-    run.add_argument("--max-tiles-per-batch", type=int, default=256)
+    batching = BatchingConfig()
+    run.add_argument(
+        "--target-steps", type=int, default=batching.target_steps, help="about this many inference steps per scene"
+    )
+    run.add_argument("--max-tiles-per-batch", type=int, default=batching.max_tiles_per_batch)
     run.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process")
     run.set_defaults(func=command_run)
     resume = sub.add_parser("resume", help="re-execute a failed or killed run from failure")

@@ -68,10 +68,16 @@ INFERENCE_RETRY = dg.RetryPolicy(
 
 
 class BatchingConfig(dg.Config):
-    """About `target_steps` inference steps per scene, at most `max_tiles_per_batch` tiles each."""
+    """About `target_steps` inference steps per scene, at most `max_tiles_per_batch` tiles each.
 
-    target_steps: int = 8
-    max_tiles_per_batch: int = 256
+    The default of 4 is twice the default `tile_inference` pool limit (2 in
+    dagster.yaml): each step costs a process launch and decodes the blocks it
+    shares with its neighbours, and a killed batch loses at most one cache
+    chunk of work whatever its size. Raise it with the pool limit.
+    """
+
+    target_steps: int = 4
+    max_tiles_per_batch: int = 1024
 
 
 class MergeConfig(dg.Config):

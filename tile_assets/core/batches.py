@@ -53,7 +53,7 @@ def batch_size_for(n_tiles: int, target_steps: int, max_tiles_per_batch: int) ->
 
 
 def plan_batches(
-    windows: Sequence[TileWindow], target_steps: int = 8, max_tiles_per_batch: int = 256
+    windows: Sequence[TileWindow], target_steps: int = 4, max_tiles_per_batch: int = 1024
 ) -> list[BatchPlan]:
     """Group tiles, in the order given, into batches of consecutive tiles."""
     size = batch_size_for(len(windows), target_steps, max_tiles_per_batch)
@@ -64,7 +64,7 @@ def plan_batches(
 
 
 def plan_scene_batches(
-    scene: SceneInfo, windows: Sequence[TileWindow], target_steps: int = 8, max_tiles_per_batch: int = 256
+    scene: SceneInfo, windows: Sequence[TileWindow], target_steps: int = 4, max_tiles_per_batch: int = 1024
 ) -> list[BatchPlan]:
     """Batches of a scene's tiles cut along the reader's order, so batches share few blocks."""
     if scene.block_shape:

@@ -120,10 +120,16 @@ class CachedScene:
 _SPOOL_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 """Compressed, the spool of a 100 Mpix NAIP scene's 122,826 findings takes 5.2 MB of scratch
 space instead of 23.4 (about 40 bytes a finding), at no measurable cost in time."""
+ROW_FLUSH = 8_192
+"""Findings a tile row gathers in memory before they go to its file as one record batch.
+Written as they came (a chunk's few findings per row), 2,401 one-finding tiles cost 1.6 s
+of per-batch compression and headers (1.3 KB a finding on disk) instead of 0.05 s."""
+MAX_PENDING = 32_768
+"""Findings held in memory across all rows (~6 MB) before every row is flushed."""
 
 
 class RowSpool:
-    """Findings regrouped by the tile row they come from, in Arrow IPC files until read back top first.
+    """Findings regrouped by the tile row they come from, buffered, then in Arrow IPC files until read back top first.
 
     Local scratch for one merge (deleted with its folder), not data at rest.
     """
@@ -135,36 +141,55 @@ class RowSpool:
         self.tile_ids = pa.array([w.tile_id for w in windows], pa.string())
         self.row_of_tile = np.array([row_of_top[w.row_off] for w in windows], dtype=np.int64)
         self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        self.pending: dict[int, list[pa.Table]] = {}
+        self.pending_count: Counter[int] = Counter()
 
     def _path(self, row: int) -> Path:
         return self.folder / f"row-{row:05d}.arrow"
 
     def add(self, findings: pa.Table) -> None:
-        """Append findings (of tiles among the spool's windows) to the files of their tile rows."""
+        """Append findings (of tiles among the spool's windows) to the buffers of their tile rows."""
         if not len(findings):
             return
         at = pc.index_in(findings.column("tile_id"), value_set=self.tile_ids).to_numpy()
         order = np.argsort(self.row_of_tile[at], kind="stable")
         rows = self.row_of_tile[at][order]
-        by_row = findings.take(order)  # one take, then zero-copy slices per row
+        findings = findings.replace_schema_metadata(None)
         starts = np.flatnonzero(np.diff(rows, prepend=-1))
         for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
             row = int(rows[start])
-            if row not in self.writers:
-                self.writers[row] = pa.ipc.new_file(str(self._path(row)), findings.schema, options=_SPOOL_OPTIONS)
-            self.writers[row].write_table(by_row.slice(start, stop - start))
+            # A copy per row, not a slice of the chunk: what is buffered is all that is held.
+            self.pending.setdefault(row, []).append(findings.take(order[start:stop]))
+            self.pending_count[row] += stop - start
+            if self.pending_count[row] >= ROW_FLUSH:
+                self._flush(row)
+        if self.pending_count.total() >= MAX_PENDING:
+            for row in list(self.pending):
+                self._flush(row)
+
+    def _flush(self, row: int) -> None:
+        """Write a row's buffered findings to its file as one record batch."""
+        table = pa.concat_tables(self.pending.pop(row)).combine_chunks()
+        del self.pending_count[row]
+        if row not in self.writers:
+            self.writers[row] = pa.ipc.new_file(str(self._path(row)), table.schema, options=_SPOOL_OPTIONS)
+        self.writers[row].write_table(table)
 
     def top_first(self) -> Iterator[tuple[pa.Table, float]]:
-        """Each tile row's findings, top row first, with the next row's top as frontier (see `merge_scene`)."""
+        """Each tile row's findings, top row first, with the next row's top as frontier (see `merge_scene`).
+
+        A row never flushed comes straight from its buffer.
+        """
         for writer in self.writers.values():
             writer.close()
         for row, top in enumerate(self.tops):
             frontier = float(self.tops[row + 1]) if row + 1 < len(self.tops) else float("inf")
-            if row not in self.writers:
-                continue
-            path = self._path(row)
-            with pa.OSFile(str(path)) as source:
-                table = pa.ipc.open_file(source).read_all()
-            path.unlink()
-            yield table, frontier
-
+            parts = []
+            if row in self.writers:
+                path = self._path(row)
+                with pa.OSFile(str(path)) as source:
+                    parts.append(pa.ipc.open_file(source).read_all())
+                path.unlink()
+            parts.extend(self.pending.pop(row, []))
+            if parts:
+                yield pa.concat_tables(parts).combine_chunks(), frontier

@@ -61,7 +61,7 @@ def merge_scene(
     pending = _by_top(extra) if extra is not None else empty_findings()
     for found, frontier in parts:
         starts = int(np.searchsorted(column_array(pending, "px_y0"), frontier, side="left"))
-        waiting = pa.concat_tables([waiting, found, pending.slice(0, starts)])
+        waiting = pa.concat_tables([waiting, found, pending.slice(0, starts)]).combine_chunks()
         pending = pending.slice(starts)
         settled = _settled(waiting, frontier, options.class_agnostic)
         log.debug("frontier %s: %d findings settled, %d wait", frontier, int(settled.sum()), int((~settled).sum()))

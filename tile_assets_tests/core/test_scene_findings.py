@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,6 +16,7 @@ from tile_assets.core.grid import plan_grid
 from tile_assets.core.inference import run_batch
 from tile_assets.core.merge import merge_findings
 from tile_assets.core.models.classical import ClassicalModel
+from tile_assets.core import scene_findings
 from tile_assets.core.scene_findings import CachedScene, RowSpool
 from tile_assets.core.scene_merge import MergeOptions
 from tile_assets.core.types import Finding, GridSpec, TileResult, TileWindow
@@ -65,7 +67,13 @@ def test_a_cached_scene_is_merged_and_written_as_the_whole_scene_merge(tmp_path:
     assert len(ok) == len(windows) - 2 and all(r.from_cache and r.valid_pixels > 0 for r in ok)
 
 
-def test_the_spool_gives_back_each_tile_row_top_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("row_flush", "max_pending"), [(8_192, 32_768), (50, 10_000), (10_000, 300)])
+def test_the_spool_gives_back_each_tile_row_top_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_flush: int, max_pending: int
+) -> None:
+    """Whether rows stay buffered, are flushed one by one or all at once, each comes back whole."""
+    monkeypatch.setattr(scene_findings, "ROW_FLUSH", row_flush)
+    monkeypatch.setattr(scene_findings, "MAX_PENDING", max_pending)
     scene = describe_scene(NAIP)
     windows = tuple(plan_grid(scene.width, scene.height, SPEC))
     cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint)
@@ -73,18 +81,25 @@ def test_the_spool_gives_back_each_tile_row_top_first(tmp_path: Path) -> None:
         run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
     spool = RowSpool(windows, tmp_path / "spool")
     (tmp_path / "spool").mkdir()
+    added = []
     for chunk in cache.scene_chunks(windows):
         spool.add(chunk.findings)
+        added.append(chunk.findings.replace_schema_metadata(None))
+    if row_flush < 8_192 or max_pending < 32_768:
+        assert spool.writers  # these thresholds do reach the files
     tops = sorted({w.row_off for w in windows})
     row_of = {w.tile_id: w.row_off for w in windows}
-    seen = []
+    seen, back = [], []
     for table, frontier in spool.top_first():
         rows = {row_of[t] for t in table.column("tile_id").to_pylist()}
         assert len(rows) == 1
         (top,) = rows
         seen.append(top)
+        back.append(table)
         assert frontier == (tops[tops.index(top) + 1] if top != tops[-1] else float("inf"))
     assert seen == tops
+    key = [(name, "ascending") for name in ("tile_id", "label", "px_x0", "px_y0", "px_x1", "px_y1", "score")]
+    assert pa.concat_tables(back).sort_by(key).equals(pa.concat_tables(added).sort_by(key))
     assert not list((tmp_path / "spool").iterdir())  # scratch files are gone once read
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import tile_assets.definitions
+from tile_assets.assets.findings import BatchingConfig
 from tile_assets.cli import scene_job
 from tile_assets.executors import SCENE_EXECUTORS, selector_executor
 from tile_assets.settings import S3_ENV_VARS, Settings
@@ -71,7 +72,8 @@ def test_job_executor_run_config_is_valid_for_process_scene_on_k8s(job_executor_
     assert set(k8s["per_step_k8s_config"]) <= {node.name for node in job.all_node_defs}
     assert "infer_batch" in k8s["per_step_k8s_config"]
     batching = resolved["ops"]["tile_findings.plan_batches"]["config"]
-    assert batching["max_tiles_per_batch"] > 256  # bigger batches than the local default: a pod is slow to start
+    # Bigger batches than the local default: a pod is slow to start.
+    assert batching["max_tiles_per_batch"] > BatchingConfig().max_tiles_per_batch
 
     broken = yaml.safe_load((K8S / "job-executor.yaml").read_text())
     broken["execution"]["config"]["k8s"]["step_k8s_config"]["no_such_key"] = {}
