@@ -4,11 +4,11 @@ A rerun finds every tile that already succeeded here and infers only the
 rest; a new image version or a new model name/version/params misses.
 Failed tiles are never cached, so a rerun retries them.
 
-Results are written a predict chunk at a time, one Parquet file per chunk:
-its findings as columns (with each one's `tile_key`), and in the file's
-metadata the chunk's tiles (cover, valid pixels) and run group. A scene of
-thousands of tiles costs a few hundred writes (S3 PUTs) instead of
-thousands. The merge reads the scene a chunk file at a time
+Results are written a chunk at a time (a second's work or 64 tiles, see
+`run_batch`), one Parquet file per chunk: its findings as columns (with each
+one's `tile_key`), and in the file's metadata the chunk's tiles (cover,
+valid pixels) and run group. A scene of thousands of tiles costs tens to a
+few hundred writes (S3 PUTs) instead of thousands. The merge reads the scene a chunk file at a time
 (`scene_chunks`), never all findings at once.
 """
 

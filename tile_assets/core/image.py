@@ -40,6 +40,14 @@ class TileImage:
             return np.ones(self.data.shape[1:], dtype=bool)
         return ~mask.any(axis=0)
 
+    @property
+    def valid_pixels(self) -> int:
+        """How many pixels `valid` marks, without building it for a tile with no mask (most)."""
+        mask = np.ma.getmask(self.data)
+        if mask is np.ma.nomask:
+            return int(np.prod(self.data.shape[1:]))
+        return int(np.count_nonzero(self.valid))
+
     def band(self, name: str) -> np.ma.MaskedArray | None:
         """The band called `name`, as float32 scaled to 0..1, or None if absent."""
         if name not in self.colorinterp:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 PREDICT_CHUNK = 16
 """Tiles decoded and predicted together: bounds memory to a few tiles' pixels."""
+CACHE_EVERY_S = 1.0
+CACHE_EVERY_TILES = 64
+"""A batch writes what it has inferred to the cache (one chunk file) once a second or
+every 64 tiles, whichever comes first, and at its end: a killed step loses about a second
+of work, and a fast model writes a file per 64 tiles, not per 16 (2,401 trivial tiles:
+38 files instead of 151, each a PUT on S3 and a read in the merge)."""
 
 Progress = Callable[[int, int, int], None]
 """Called as (tiles done, tiles failed, tiles in batch) after each chunk."""
@@ -105,7 +112,7 @@ def to_scene_result(model: TileModel, tile: TileImage, prediction: TilePredictio
         status="ok",
         findings=findings,
         cover=dict(prediction.cover),
-        valid_pixels=int(tile.valid.sum()),
+        valid_pixels=tile.valid_pixels,
     )
 
 
@@ -209,6 +216,8 @@ def run_batch(
         source.check()
         with TileReader(store, scene.uri) as reader, (cache.writer() if cache else nullcontext(_forget)) as put_chunk:
             todo = reader.in_read_order(todo)  # results still come back in the plan's order
+            unsaved: list[tuple[TileWindow, TileResult]] = []
+            saved_at = time.monotonic()
             for start in range(0, len(todo), PREDICT_CHUNK):
                 tiles: list[TileImage] = []
                 for window in todo[start : start + PREDICT_CHUNK]:
@@ -225,7 +234,6 @@ def run_batch(
                     except TransientError as exc:
                         transient.extend((t.window, exc) for t in tiles)
                         outcomes = []
-                    done: list[tuple[TileWindow, TileResult]] = []
                     for tile, outcome in zip(tiles, outcomes, strict=False):
                         if isinstance(outcome, TransientError):
                             transient.append((tile.window, outcome))
@@ -233,9 +241,13 @@ def run_batch(
                             results[tile.window.tile_id] = failure_row(tile.window, outcome)
                         else:
                             results[tile.window.tile_id] = replace(outcome, findings=()) if cache else outcome
-                            done.append((tile.window, outcome))
-                    put_chunk(done)
+                            unsaved.append((tile.window, outcome))
+                    if len(unsaved) >= CACHE_EVERY_TILES or time.monotonic() - saved_at >= CACHE_EVERY_S:
+                        put_chunk(unsaved)
+                        unsaved, saved_at = [], time.monotonic()
                 report_progress()
+            if unsaved:
+                put_chunk(unsaved)
 
     if transient and not final_attempt:
         ids = ", ".join(w.tile_id for w, _ in transient[:10])

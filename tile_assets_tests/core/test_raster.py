@@ -461,6 +461,7 @@ def test_read_tile_masks_invalid_pixels(
     assert tile.colorinterp == ("red", "green", "blue")
     bad = invalid_cols(width) - 8  # columns of the window inside the invalid stripe
     assert not tile.valid[:, :bad].any() and tile.valid[:, bad:].all()
+    assert tile.valid_pixels == 32 * (32 - bad)
     assert np.array_equal(tile.data[:, :, bad:].filled(0), expected[:, :, bad:])
     if dtype == "uint8":
         assert tile.scale_max == 255.0
@@ -490,6 +491,7 @@ def test_pad_mode_pads_edge_tiles_with_masked_pixels(raster_factory: RasterFacto
     assert (
         tile.valid[:6, :36].all() and not tile.valid[6:, :].any() and not tile.valid[:, 36:].any()
     )
+    assert tile.valid_pixels == 6 * 36
     assert np.array_equal(tile.data[:, :6, :36], expected)
 
 
@@ -499,6 +501,15 @@ def test_shift_mode_small_image_is_not_padded() -> None:
         tile = reader.read(window, GridSpec(tile_size=256))
     assert tile.data.shape == (3, 71, 79)
     assert 0.3 < tile.valid.mean() < 0.9  # black collar masked by nodata 0
+    assert tile.valid_pixels == int(tile.valid.sum())
+
+
+def test_a_tile_without_invalid_pixels_has_no_mask_and_counts_every_pixel(raster_factory: RasterFactory) -> None:
+    path = raster_factory(width=64, height=64, pattern="noise")
+    with TileReader(STORE, str(path)) as reader:
+        tile = reader.read(_window(0, 0, 48, 40), GridSpec(tile_size=48, overlap=0))
+    assert np.ma.getmask(tile.data) is np.ma.nomask
+    assert tile.valid_pixels == 48 * 40 == int(tile.valid.sum())
 
 
 def test_window_outside_the_image_is_masked_not_read(raster_factory: RasterFactory) -> None:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tile_assets.core import inference, scene_findings
 from tile_assets.core.batches import plan_scene_batches
 from tile_assets.core.borders import prefer_whole
 from tile_assets.core.cache import TileCache
@@ -16,11 +17,11 @@ from tile_assets.core.grid import plan_grid
 from tile_assets.core.inference import run_batch
 from tile_assets.core.merge import merge_findings
 from tile_assets.core.models.classical import ClassicalModel
-from tile_assets.core import scene_findings
 from tile_assets.core.scene_findings import CachedScene, RowSpool
 from tile_assets.core.scene_merge import MergeOptions
 from tile_assets.core.types import Finding, GridSpec, TileResult, TileWindow
 from tile_assets_tests.core.test_scene_merge import canonical
+from tile_assets_tests.fanout.faulty_models import FlakyModel
 from tile_assets_tests.models.pipeline import STORE, describe_scene
 
 NAIP = Path(__file__).resolve().parents[2] / "data" / "inbox" / "naip_2018.tif"
@@ -119,3 +120,22 @@ def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str
         gathered.merge_into(STORE, uri, scene, {}, options)
     expected = merge_findings(raw, strategy)  # type: ignore[arg-type]
     assert canonical(table_findings(pq.read_table(uri))) == canonical(expected)
+
+
+@pytest.mark.parametrize(("every_s", "per_file"), [(3600.0, 64), (0.0, 16)])
+def test_a_batch_caches_a_file_per_64_tiles_or_per_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float, per_file: int
+) -> None:
+    """A fast model's batch writes a chunk file per 64 tiles; once a second has passed, one per predict chunk (16)."""
+    monkeypatch.setattr(inference, "CACHE_EVERY_S", every_s)
+    scene = describe_scene(NAIP)
+    spec = GridSpec(tile_size=64, overlap=0)
+    windows = tuple(plan_grid(scene.width, scene.height, spec))[:150]
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "flaky-1", scene.fingerprint)
+    (plan,) = plan_scene_batches(scene, windows, 1, 1024)
+    report = run_batch(STORE, scene, plan, spec, FlakyModel(), cache)
+    assert len(windows) == 150 and report.tiles_inferred == 150
+    chunks = list(cache.scene_chunks(windows))
+    expected = [per_file] * (150 // per_file) + [150 % per_file]
+    assert sorted((len(c.results) for c in chunks), reverse=True) == expected
+    assert sorted(r.tile_id for c in chunks for r in c.results) == sorted(w.tile_id for w in windows)
