@@ -75,8 +75,8 @@ GDAL_CACHE_BYTES = 32 * 1024 * 1024
 """GDAL block cache per process; unbounded it grows to 5 % of RAM with the scene.
 It sets `read_order`'s band height, and so how batches are cut: with 512 x 512
 blocks of 4 bytes a pixel (1 MB) and 512 px tiles, bands are 14 block rows
-(7,168 px) tall, a batch of 256 tiles is about as tall as it is wide and shares
-few blocks with the others, and its reader decodes each of its blocks once."""
+(7,168 px) tall; batches are cut along them (`plan_scene_batches`), so a batch
+shares few blocks with the others and its reader decodes each of its blocks once."""
 
 GDAL_MAX_CACHE_BYTES = 128 * 1024 * 1024
 """Most a `TileReader`'s cache grows to when its tiles span several bands in one
