@@ -132,7 +132,7 @@ class TileCache:
             chunk = json.loads((parquet.metadata.metadata or {})[CHUNK_METADATA])
             if not isinstance(chunk.get("tiles"), dict):
                 raise ValueError("no tiles in the chunk's metadata")
-            return chunk, parquet.read() if findings else None
+            return chunk, parquet.read(use_threads=False) if findings else None
         except TransientStoreError:
             raise
         except (StoreError, pa.ArrowException, ValueError, KeyError, TypeError, AttributeError):  # AttributeError: JSON not an object

@@ -140,12 +140,9 @@ class RowSpool:
         row_of_top = {top: i for i, top in enumerate(self.tops)}
         self.tile_ids = pa.array([w.tile_id for w in windows], pa.string())
         self.row_of_tile = np.array([row_of_top[w.row_off] for w in windows], dtype=np.int64)
-        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        self.files: dict[int, list[Path]] = {}
         self.pending: dict[int, list[pa.Table]] = {}
         self.pending_count: Counter[int] = Counter()
-
-    def _path(self, row: int) -> Path:
-        return self.folder / f"row-{row:05d}.arrow"
 
     def add(self, findings: pa.Table) -> None:
         """Append findings (of tiles among the spool's windows) to the buffers of their tile rows."""
@@ -168,25 +165,28 @@ class RowSpool:
                 self._flush(row)
 
     def _flush(self, row: int) -> None:
-        """Write a row's buffered findings to its file as one record batch."""
+        """Write a row's buffered findings to a file of their own.
+
+        A file per flush, closed at once: a writer kept open per row would hold
+        a file descriptor per tile row (hundreds on a huge scene) until the merge.
+        """
         table = pa.concat_tables(self.pending.pop(row)).combine_chunks()
         del self.pending_count[row]
-        if row not in self.writers:
-            self.writers[row] = pa.ipc.new_file(str(self._path(row)), table.schema, options=_SPOOL_OPTIONS)
-        self.writers[row].write_table(table)
+        parts = self.files.setdefault(row, [])
+        path = self.folder / f"row-{row:05d}-{len(parts):04d}.arrow"
+        with pa.ipc.new_file(str(path), table.schema, options=_SPOOL_OPTIONS) as writer:
+            writer.write_table(table)
+        parts.append(path)
 
     def top_first(self) -> Iterator[tuple[pa.Table, float]]:
         """Each tile row's findings, top row first, with the next row's top as frontier (see `merge_scene`).
 
         A row never flushed comes straight from its buffer.
         """
-        for writer in self.writers.values():
-            writer.close()
         for row, top in enumerate(self.tops):
             frontier = float(self.tops[row + 1]) if row + 1 < len(self.tops) else float("inf")
             parts = []
-            if row in self.writers:
-                path = self._path(row)
+            for path in self.files.pop(row, []):
                 with pa.OSFile(str(path)) as source:
                     parts.append(pa.ipc.open_file(source).read_all())
                 path.unlink()

@@ -87,7 +87,7 @@ def test_the_spool_gives_back_each_tile_row_top_first(
         spool.add(chunk.findings)
         added.append(chunk.findings.replace_schema_metadata(None))
     if row_flush < 8_192 or max_pending < 32_768:
-        assert spool.writers  # these thresholds do reach the files
+        assert spool.files  # these thresholds do reach the files
     tops = sorted({w.row_off for w in windows})
     row_of = {w.tile_id: w.row_off for w in windows}
     seen, back = [], []
