@@ -565,6 +565,21 @@ def band_layout(ds: DatasetReader) -> BandLayout:
     return BandLayout(indexes, band_names(ds), dtype, all_valid, nodata)
 
 
+def never_holds(band: np.ndarray, value: int) -> bool:
+    """True when integer `band` surely lacks `value`; False when it may hold it.
+
+    Settled by one min (max) pass when `value` is the dtype's lowest (highest),
+    as nodata 0 in unsigned imagery is: a third of the cost of comparing every
+    pixel and testing the result.
+    """
+    info = np.iinfo(band.dtype)
+    if value == info.min:
+        return bool(band.min() > value)
+    if value == info.max:
+        return bool(band.max() < value)
+    return False
+
+
 def _invalid_pixels(
     ds: DatasetReader, layout: BandLayout, data: np.ndarray, window: Window
 ) -> np.ndarray | None:
@@ -575,6 +590,8 @@ def _invalid_pixels(
     if layout.nodata is not None:
         # Invalid where every band holds its nodata value. Most tiles have a band that
         # never does, often the first, and are settled after one pass over it.
+        if never_holds(data[0], layout.nodata[0]):
+            return None
         invalid: np.ndarray = data[0] == layout.nodata[0]
         for band, value in zip(data[1:], layout.nodata[1:], strict=True):
             if not invalid.any():

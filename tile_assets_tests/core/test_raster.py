@@ -31,6 +31,7 @@ from tile_assets.core.raster import (
     describe,
     gdal_env_options,
     mask_summary,
+    never_holds,
     open_raster,
     read_tile,
     valid_fraction,
@@ -541,3 +542,24 @@ def test_tile_reader_closes_dataset() -> None:
     assert ds.closed
     with pytest.raises(RuntimeError):
         _ = reader.dataset
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "nodata", "expected"),
+    [
+        ([1, 2, 255], "uint8", 0, True),
+        ([0, 2, 255], "uint8", 0, False),
+        ([1, 2, 65534], "uint16", 65535, True),
+        ([1, 65535], "uint16", 65535, False),
+        ([-32768, 5], "int16", -32768, False),
+        ([-32767, 5], "int16", -32768, True),
+        ([1, 2, 3], "int16", -9999, False),  # not an extreme of the dtype: unknown, compared pixel by pixel
+    ],
+)
+def test_never_holds_is_sure_only_at_the_dtype_extremes(
+    values: list[int], dtype: str, nodata: int, expected: bool
+) -> None:
+    band = np.array(values, dtype=dtype).reshape(1, -1)
+    assert never_holds(band, nodata) is expected
+    if expected:
+        assert not (band == nodata).any()
