@@ -42,11 +42,14 @@ SCENE_EXECUTORS: Mapping[str, dg.ExecutorDefinition] = {
 os.register_at_fork(after_in_child=gc.freeze)
 
 FORKSERVER: Mapping[str, object] = {
-    "start_method": {"forkserver": {"preload_modules": ["dagster", "tile_assets.definitions"]}}
+    "start_method": {
+        "forkserver": {"preload_modules": ["dagster", "tile_assets.definitions", "tile_assets.preload"]}
+    }
 }
 """Multiprocess config: step processes forked from a server that imported Dagster and the
-project once. Dagster's default, spawn, imports them again in every step: 3-7 s between
-steps on bench_pipeline's runs, against ~0.3 s forked."""
+project once, and initialised GDAL and Parquet (`tile_assets.preload`). Dagster's default,
+spawn, imports them again in every step: 3-7 s between steps on bench_pipeline's runs,
+against ~0.3 s forked."""
 
 DEFAULT_EXECUTION: Mapping[str, Mapping[str, object]] = {"multiprocess": FORKSERVER}
 """As Dagster's own default executor, a process per step, forked from a preloaded server."""

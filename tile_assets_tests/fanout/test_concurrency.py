@@ -23,16 +23,12 @@ from tile_assets.assets.findings import (
     merge_findings,
     plan_batches,
 )
+from tile_assets.executors import FORKSERVER
 from tile_assets_tests.fanout.conftest import REPO_ROOT, Lab, scene_run_config
 
 PROJECT_INSTANCE = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
 BATCHES = 4
-MULTIPROCESS = {
-    "multiprocess": {
-        "max_concurrent": BATCHES,
-        "start_method": {"forkserver": {"preload_modules": ["dagster", "tile_assets.definitions"]}},
-    }
-}
+MULTIPROCESS = {"multiprocess": {"max_concurrent": BATCHES, **FORKSERVER}}
 """Step processes fork from a server that imported Dagster and the project once (spawn re-imports per step)."""
 
 
