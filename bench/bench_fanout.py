@@ -51,6 +51,7 @@ MODEL_DELAY_S = 0.05
 """Per-tile cost of the slower model in the second rerun pair: about a small detector's
 (YOLO-nano class) on one CPU core at 512 px, or a round trip to a model API."""
 FLAKY = "tile_assets_tests.fanout.faulty_models:FlakyModel"
+FAILING_CLASSICAL = "tile_assets_tests.fanout.faulty_models:FailingClassicalModel"
 EXECUTORS: dict[str, dict[str, Any]] = {
     "in_process": {"in_process": {}},
     "multiprocess": {"multiprocess": {"max_concurrent": 2, **FORKSERVER}},
@@ -96,11 +97,12 @@ def side_plain(path: str, tile_size: str) -> None:
 
 
 def side_pipeline(
-    path: str, work: str, executor: str, tile_size: str, batching_json: str, fail_json: str, delay_s: str = "0"
+    path: str, work: str, executor: str, tile_size: str, batching_json: str, model_json: str
 ) -> None:
     """One `process_scene` run of the scene in the catalog and Dagster home under `work`.
 
-    `batching_json`: `plan_batches` config ({} for the project's defaults).
+    `batching_json`: `plan_batches` config ({} for the project's defaults);
+    `model_json`: the `tile_model` resource's config.
     """
     import dagster as dg
 
@@ -133,14 +135,7 @@ def side_pipeline(
                 }
             },
         },
-        "resources": {
-            "tile_model": {
-                "config": {
-                    "name": FLAKY,
-                    "params_json": json.dumps({"fail_tiles": json.loads(fail_json), "delay_s": float(delay_s)}),
-                }
-            }
-        },
+        "resources": {"tile_model": {"config": json.loads(model_json)}},
     }
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("scenes", [key])
@@ -180,20 +175,28 @@ def side_pipeline(
 
 def pipeline(
     path: Path, tile_size: int, name: str, executor: str, max_tiles_per_batch: int | None = None,
-    fail: list[str] | None = None, fresh: bool = True, delay_s: float = 0.0,
+    fail: list[str] | None = None, fresh: bool = True, delay_s: float | None = 0.0,
 ) -> dict[str, Any]:
     """Run the pipeline side with the project's batching (or at most `max_tiles_per_batch` tiles a step);
-    `fresh` starts from an empty catalog, cache and Dagster home."""
+    `fresh` starts from an empty catalog, cache and Dagster home. The model is the trivial one
+    taking `delay_s` a tile, or with `delay_s=None` the project's default classical model;
+    either fails the `fail` tiles."""
     work = WORK / "fanout" / name
     if fresh and work.exists():
         shutil.rmtree(work)
     args = [
         str(path), str(work), executor, str(tile_size),
         json.dumps({} if max_tiles_per_batch is None else {"max_tiles_per_batch": max_tiles_per_batch}),
-        json.dumps(fail or []),
-        str(delay_s),
+        json.dumps(model_config(fail or [], delay_s)),
     ]
     return run_side("bench.bench_fanout", ["pipeline", *args])
+
+
+def model_config(fail: list[str], delay_s: float | None) -> dict[str, str]:
+    """`tile_model` config: the trivial model taking `delay_s` a tile, or (None) the default classical one."""
+    if delay_s is None:
+        return {"name": FAILING_CLASSICAL, "params_json": json.dumps({"fail_tiles": fail})}
+    return {"name": FLAKY, "params_json": json.dumps({"fail_tiles": fail, "delay_s": delay_s})}
 
 
 def plain(path: Path, tile_size: int) -> dict[str, Any]:
@@ -304,10 +307,16 @@ def rerun_break_even(full: dict[str, Any], rerun: dict[str, Any]) -> float:
     return (rerun["seconds"] - RERUN_TARGET * full["seconds"]) / spare if spare > 0 else float("inf")
 
 
-def rerun_pair(progress: Progress, scene: Path, tile_size: int, failing: list[str], delay_s: float) -> dict[str, Any]:
-    """Clean full run, first run with the failures, rerun with them fixed: one model cost, one catalog."""
-    name = f"rerun_{round(delay_s * 1000)}ms"
-    progress(f"fan-out: rerun pair, model {delay_s * 1000:.0f} ms/tile, every {FAIL_EVERY}th tile failing")
+def rerun_pair(
+    progress: Progress, scene: Path, tile_size: int, failing: list[str], delay_s: float | None
+) -> dict[str, Any]:
+    """Clean full run, first run with the failures, rerun with them fixed: one model, one catalog.
+
+    The trivial model taking `delay_s` a tile, or (None) the default classical model.
+    """
+    name = "rerun_classical" if delay_s is None else f"rerun_{round(delay_s * 1000)}ms"
+    model = "the default classical model" if delay_s is None else f"model {delay_s * 1000:.0f} ms/tile"
+    progress(f"fan-out: rerun pair, {model}, every {FAIL_EVERY}th tile failing")
     full = pipeline(scene, tile_size, f"{name}_clean", "in_process", delay_s=delay_s)
     first = pipeline(scene, tile_size, name, "in_process", fail=failing, delay_s=delay_s)
     rerun = pipeline(scene, tile_size, name, "in_process", fresh=False, delay_s=delay_s)
@@ -331,6 +340,7 @@ def run(progress: Progress, side: int = 20_000, tile_size: int = 512, subset_sid
     blocks = block_share(scene, tile_size, set(failing))
     trivial = rerun_pair(progress, scene, tile_size, failing, 0.0)
     slow = rerun_pair(progress, scene, tile_size, failing, MODEL_DELAY_S)
+    classical = rerun_pair(progress, scene, tile_size, failing, None)
     rows = [
         Row(
             metric=f"plain loop: TileReader + trivial model, {base['tiles']} tiles of {tile_size} px",
@@ -350,6 +360,11 @@ def run(progress: Progress, side: int = 20_000, tile_size: int = 512, subset_sid
     rows.append(rerun_row("trivial model", trivial["full"], trivial["first"], trivial["rerun"], blocks))
     rows.append(
         rerun_row(f"model of {MODEL_DELAY_S * 1000:.0f} ms/tile", slow["full"], slow["first"], slow["rerun"], blocks)
+    )
+    rows.append(
+        rerun_row(
+            "default classical model", classical["full"], classical["first"], classical["rerun"], blocks
+        )
     )
     return rows
 

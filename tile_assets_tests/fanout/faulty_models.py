@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from tile_assets.core.errors import ModelError, TransientModelError
 from tile_assets.core.image import TileImage
 from tile_assets.core.models.base import TilePrediction
+from tile_assets.core.models.classical import ClassicalModel
 from tile_assets.core.types import Finding
 
 MARK_LABEL = "mark"
@@ -157,3 +158,25 @@ class FlakyModelV2(FlakyModel):
     """The same model under a new version: every cached tile of version 1 must miss."""
 
     version: ClassVar[str] = "2"
+
+
+@dataclass(frozen=True)
+class FailingClassicalModel:
+    """The project's default model (default params), failing the tiles it is told to on every attempt.
+
+    `fail_tiles` is no param of the cache key: fixing the fault keeps the
+    tiles that succeeded cached, as for `FlakyModel`.
+    """
+
+    name: ClassVar[str] = "classical-failing"
+    version: ClassVar[str] = ClassicalModel.version
+    fail_tiles: Sequence[str] = ()
+
+    def params(self) -> dict[str, Any]:
+        return ClassicalModel().params()
+
+    def predict(self, tiles: Sequence[TileImage]) -> list[TilePrediction]:
+        failing = [t.window.tile_id for t in tiles if t.window.tile_id in self.fail_tiles]
+        if failing:
+            raise ModelError(failing[0], "injected permanent fault")
+        return ClassicalModel().predict(tiles)
