@@ -8,8 +8,8 @@ Results are written a chunk at a time (a second's work or 64 tiles, see
 `run_batch`), one Parquet file per chunk: its findings as columns (with each
 one's `tile_key`), and in the file's metadata the chunk's tiles (cover,
 valid pixels) and run group. A scene of thousands of tiles costs tens to a
-few hundred writes (S3 PUTs) instead of thousands. The merge reads the scene a chunk file at a time
-(`scene_chunks`), never all findings at once.
+few hundred writes (S3 PUTs) instead of thousands. The merge reads the scene
+a chunk file at a time (`scene_chunks`), never all findings at once.
 """
 
 from __future__ import annotations
