@@ -48,8 +48,8 @@ class BatchReport:
     """Everything one batch produced: a result per tile, in the batch's tile order.
 
     With a cache, successful results carry no findings (they are in the
-    cache): a batch of 256 tiles would otherwise hold some 50,000 `Finding`s
-    until it ends.
+    cache): a batch of 1,024 tiles would otherwise hold some 200,000
+    `Finding`s until it ends.
     """
 
     batch_id: str
