@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import geopandas as gpd
 import numpy as np
@@ -22,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pystac
-import shapely
 from pystac.extensions.label import (
     LabelClasses,
     LabelCount,
@@ -38,7 +37,7 @@ from shapely.geometry.base import BaseGeometry
 from tile_assets.core.geo import (
     WGS84,
     box_corners,
-    box_polygons,
+    box_wkb,
     crs_to_wgs84,
     footprint_wgs84,
     scene_affine,
@@ -68,47 +67,44 @@ _ASSETS: dict[str, tuple[str | None, list[str], str]] = {
     "preview": (PNG_TYPE, ["overview", "thumbnail"], "Preview with findings"),
     "synthesis": (JSON_TYPE, ["metadata"], "Scene synthesis"),
 }
-_FINDING_COLUMNS: dict[str, str] = {
-    "scene_key": "str",
-    "tile_id": "str",
-    "label": "str",
-    "score": "float64",
-    "px_x0": "float64",
-    "px_y0": "float64",
-    "px_x1": "float64",
-    "px_y1": "float64",
-    "area_px": "float64",
-    "model": "str",
-    "model_version": "str",
-    "attributes": "str",
-    "coord_space": "str",
-    "lon_min": "float64",
-    "lat_min": "float64",
-    "lon_max": "float64",
-    "lat_max": "float64",
-}
+_TEXT, _DOUBLE = pa.string(), pa.float64()
+FINDINGS_PARQUET_SCHEMA = pa.schema(
+    [
+        ("scene_key", _TEXT), ("tile_id", _TEXT), ("label", _TEXT), ("score", _DOUBLE),
+        *((name, _DOUBLE) for name in BOX_COLUMNS),
+        ("area_px", _DOUBLE), ("model", _TEXT), ("model_version", _TEXT), ("attributes", _TEXT),
+        ("coord_space", _TEXT),
+        *((name, _DOUBLE) for name in ("lon_min", "lat_min", "lon_max", "lat_max")),
+        ("geometry", pa.binary()),
+    ]
+)
+"""Columns of findings.parquet; the writer adds the GeoParquet `geo` metadata."""
 _SAFE_COLUMN = re.compile(r"[^A-Za-z0-9_]+")
 
 
-def findings_frame(scene: SceneInfo, findings: pa.Table) -> gpd.GeoDataFrame:
-    """One row per finding of a findings table, its box as a polygon in the scene CRS plus a lon/lat bbox.
+class RowGroup(NamedTuple):
+    """A row group of findings.parquet, with what its `geo` metadata needs."""
+
+    table: pa.Table
+    geometry_types: set[int]
+    """Shapely type ids (3, Polygon, unless a box had no area)."""
+    bounds: np.ndarray
+    """(xmin, ymin, xmax, ymax) of the geometries; infinite when there is none."""
+
+
+def findings_arrow(scene: SceneInfo, findings: pa.Table) -> RowGroup:
+    """A row group of findings.parquet: one row per finding, its box as a WKB polygon in the scene CRS plus a lon/lat bbox.
 
     Without georeferencing the geometry stays in pixel coordinates (y down),
-    `crs` is None, `coord_space` says "pixel" and the lon/lat columns are NaN.
-    `attributes` is the finding's attribute dict as a JSON string.
+    `coord_space` says "pixel" and the lon/lat columns are NaN. `attributes`
+    is the finding's attribute dict as a JSON string. Built from arrays (see
+    `box_wkb`), with the column types a GeoDataFrame of the same rows writes.
     """
     transform = scene_affine(scene) if scene.georeferenced else None
     crs = scene_crs(scene) if scene.georeferenced else None
     n = len(findings)
     boxes = table_boxes(findings)
     xs, ys = box_corners(boxes, transform)
-    data: dict[str, Any] = {
-        name: findings.column(name).to_pandas()
-        for name in ("tile_id", "label", "score", "area_px", "model", "model_version", "attributes")
-    }
-    data.update({name: boxes[:, i] for i, name in enumerate(BOX_COLUMNS)})
-    data["scene_key"] = [scene.partition_key] * n
-    data["coord_space"] = ["crs" if crs is not None else "pixel"] * n
     if crs is not None and n:
         # The bounds of the four corners in lon/lat, as to_crs(WGS84).bounds would give.
         lon, lat = crs_to_wgs84(crs, xs.ravel(), ys.ravel())
@@ -116,45 +112,51 @@ def findings_frame(scene: SceneInfo, findings: pa.Table) -> gpd.GeoDataFrame:
         bounds = np.column_stack([lon.min(1), lat.min(1), lon.max(1), lat.max(1)])
     else:
         bounds = np.full((n, 4), np.nan)
-    for i, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max")):
-        data[name] = bounds[:, i]
-    frame = pd.DataFrame({k: pd.Series(data[k], dtype=t) for k, t in _FINDING_COLUMNS.items()})
-    geometry = gpd.GeoSeries(box_polygons(xs, ys), crs=crs)
-    return gpd.GeoDataFrame(frame, geometry=geometry, crs=crs)
+    geometry, types = box_wkb(xs, ys)
+    columns: dict[str, Any] = {
+        "scene_key": pa.array([scene.partition_key] * n, pa.string()),
+        **{name: findings.column(name) for name in ("tile_id", "label", "score")},
+        **{name: boxes[:, i] for i, name in enumerate(BOX_COLUMNS)},
+        **{name: findings.column(name) for name in ("area_px", "model", "model_version", "attributes")},
+        "coord_space": pa.array(["crs" if crs is not None else "pixel"] * n, pa.string()),
+        **{name: bounds[:, i] for i, name in enumerate(("lon_min", "lat_min", "lon_max", "lat_max"))},
+        "geometry": geometry,
+    }
+    bounds_of_all = np.array(
+        [xs.min(initial=np.inf), ys.min(initial=np.inf), xs.max(initial=-np.inf), ys.max(initial=-np.inf)]
+    )
+    return RowGroup(pa.table(columns, schema=FINDINGS_PARQUET_SCHEMA), types, bounds_of_all)
 
 
 FINDINGS_ROW_GROUP = 16_384
-"""Findings per row group of findings.parquet: what the writer holds as polygons at once."""
+"""Findings per row group of findings.parquet: what the writer holds encoded at once."""
 
 
 def write_findings(store: Store, uri: str, scene: SceneInfo, parts: Iterable[pa.Table]) -> int:
     """Write findings.parquet (GeoParquet 1.1, WKB) from findings tables as they come; the row count.
 
-    Parts are buffered to `FINDINGS_ROW_GROUP` rows and each group becomes
-    polygons only while it is written, so memory holds a row group, not
-    the scene. The `geo` metadata (geometry types, bbox, CRS) is completed
+    Parts are buffered to `FINDINGS_ROW_GROUP` rows and each group is
+    encoded (`findings_arrow`) only when it is written, so memory holds a
+    row group, not the scene. The `geo` metadata (geometry types, bbox, CRS) is completed
     once the last group is written.
     """
     buf = io.BytesIO()
     writer: pq.ParquetWriter | None = None
-    types: set[str] = set()
+    types: set[int] = set()
     bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
     crs = scene_crs(scene) if scene.georeferenced else None
     rows = 0
 
     def write(tables: list[pa.Table]) -> None:
         nonlocal writer, rows
-        frame = findings_frame(scene, pa.concat_tables(tables) if tables else empty_findings())
-        table = pa.table(frame.to_arrow(index=False))
+        group = findings_arrow(scene, pa.concat_tables(tables) if tables else empty_findings())
         if writer is None:
-            writer = pq.ParquetWriter(buf, table.schema, store_schema=False)
-        writer.write_table(table)
-        rows += len(frame)
-        if len(frame):
-            types.update(shapely.get_type_id(frame.geometry.values).tolist())
-            total = frame.total_bounds
-            bounds[:2] = np.minimum(bounds[:2], total[:2])
-            bounds[2:] = np.maximum(bounds[2:], total[2:])
+            writer = pq.ParquetWriter(buf, group.table.schema, store_schema=False)
+        writer.write_table(group.table)
+        rows += len(group.table)
+        types.update(group.geometry_types)
+        bounds[:2] = np.minimum(bounds[:2], group.bounds[:2])
+        bounds[2:] = np.maximum(bounds[2:], group.bounds[2:])
 
     pending: list[pa.Table] = []
     held = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pystac
 import pytest
@@ -22,12 +23,13 @@ import rasterio
 import shapely
 from geopandas.testing import assert_geodataframe_equal
 from pystac.validation import validate_dict
+from rasterio.transform import Affine
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 
 from tile_assets.core.catalog import (
     build_collection,
-    findings_frame,
+    findings_arrow,
     items_frame,
     read_geoparquet,
     read_json,
@@ -41,7 +43,8 @@ from tile_assets.core.catalog import (
 )
 from tile_assets.core import catalog
 from tile_assets.core.findings_table import empty_findings, findings_table
-from tile_assets.core.geo import WGS84
+from tile_assets.core.findings_table import BOX_COLUMNS
+from tile_assets.core.geo import WGS84, box_corners, box_polygons, box_wkb, crs_to_wgs84, scene_affine, scene_crs
 from tile_assets.core.store import LocalStore, join_uri
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.types import Finding, SceneInfo, TileResult
@@ -91,6 +94,39 @@ def _findings(scene: SceneInfo) -> list[Finding]:
         ),
         Finding("building", 0.5, (w - 50, h - 40, w, h), "t3", 2000.0, "classical", "1"),
     ]
+
+
+def findings_frame(scene: SceneInfo, table: pa.Table) -> gpd.GeoDataFrame:
+    """What findings.parquet holds for `table`, as `findings_arrow` encodes it, read by geopandas."""
+    encoded = findings_arrow(scene, table).table
+    crs = scene_crs(scene) if scene.georeferenced else None
+    wkb = encoded.column("geometry").to_numpy(zero_copy_only=False)
+    frame = encoded.drop_columns(["geometry"]).to_pandas()
+    return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries.from_wkb(wkb, crs=crs), crs=crs)
+
+
+def shapely_frame(scene: SceneInfo, table: pa.Table) -> gpd.GeoDataFrame:
+    """The same rows built the plain way, one shapely polygon per box (oriented, made valid): the reference."""
+    transform = scene_affine(scene) if scene.georeferenced else None
+    crs = scene_crs(scene) if scene.georeferenced else None
+    boxes = np.column_stack([table.column(c).to_numpy() for c in BOX_COLUMNS]).reshape(-1, 4)
+    xs, ys = box_corners(boxes, transform)
+    n = len(boxes)
+    data = {c: table.column(c).to_pandas() for c in ("tile_id", "label", "score", "area_px", "model", "model_version", "attributes")}
+    data.update({c: boxes[:, i] for i, c in enumerate(BOX_COLUMNS)})
+    data["scene_key"] = [scene.partition_key] * n
+    data["coord_space"] = ["crs" if crs is not None else "pixel"] * n
+    lonlat = np.full((n, 4), np.nan)
+    if crs is not None and n:
+        lon, lat = (a.reshape(xs.shape) for a in crs_to_wgs84(crs, xs.ravel(), ys.ravel()))
+        lonlat = np.column_stack([lon.min(1), lat.min(1), lon.max(1), lat.max(1)])
+    data.update({c: lonlat[:, i] for i, c in enumerate(("lon_min", "lat_min", "lon_max", "lat_max"))})
+    columns = [f.name for f in catalog.FINDINGS_PARQUET_SCHEMA if f.name != "geometry"]
+    frame = pd.DataFrame({c: pd.Series(data[c], dtype="str" if c in _TEXT else "float64") for c in columns})
+    return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(box_polygons(xs, ys), crs=crs), crs=crs)
+
+
+_TEXT = {"scene_key", "tile_id", "label", "model", "model_version", "attributes", "coord_space"}
 
 
 def _synthesis(scene: SceneInfo, findings: list[Finding]) -> dict:
@@ -153,13 +189,43 @@ def test_findings_frame_rotated_grid_and_degenerate_box(geo_scene: SceneInfo) ->
     assert np.array_equal(gdf[["lon_min", "lat_min", "lon_max", "lat_max"]].to_numpy(), expected)
 
 
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        None,
+        Affine(0.6, 0.0, 500_000.0, 0.0, -0.6, 5_200_000.0),  # north up: pixel rings turn clockwise
+        Affine(0.48, 0.36, 500_000.0, 0.36, -0.48, 5_200_000.0),  # rotated
+        Affine(0.6, 0.0, 500_000.0, 0.0, 0.6, 5_200_000.0),  # south up: no flip
+    ],
+    ids=["pixel", "north_up", "rotated", "south_up"],
+)
+def test_box_wkb_is_byte_for_byte_shapelys(transform: Affine | None) -> None:
+    """The WKB written from arrays equals shapely's oriented, made-valid polygons, slivers and empty boxes included."""
+    rng = np.random.default_rng(7)
+    n = 5_000
+    x0, y0 = rng.uniform(0, 20_000, n), rng.uniform(0, 20_000, n)
+    w, h = rng.uniform(0.5, 300, n), rng.uniform(0.5, 300, n)
+    w[::97], h[::101], w[::503], h[::499] = 0.0, 0.0, 1e-12, 1e-13  # lines and slivers
+    w[::1000], h[::1000] = 0.0, 0.0  # points
+    xs, ys = box_corners(np.column_stack([x0, y0, x0 + w, y0 + h]), transform)
+
+    wkb, types = box_wkb(xs, ys)
+
+    expected = box_polygons(xs, ys)
+    assert wkb.type == pa.binary()
+    assert wkb.to_pylist() == shapely.to_wkb(expected).tolist()
+    assert types == set(shapely.get_type_id(expected).tolist()) == {0, 1, 3}
+    empty, no_types = box_wkb(xs[:0], ys[:0])
+    assert len(empty) == 0 and no_types == set()
+
 @pytest.mark.parametrize("which", ["geo", "plain", "empty"])
 def test_geoparquet_round_trip(
     tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo, which: str
 ) -> None:
     scene = plain_scene if which == "plain" else geo_scene
     table = findings_table([] if which == "empty" else _findings(scene))
-    gdf = findings_frame(scene, table)
+    gdf = shapely_frame(scene, table)
     store, uri = LocalStore(), join_uri(str(tmp_path), "findings", f"{which}.parquet")
     parts = [table.slice(0, 1), table.slice(1, 0), table.slice(1)]  # streamed in parts, one empty
     assert write_findings(store, uri, scene, parts) == len(gdf)
@@ -184,7 +250,7 @@ def test_findings_are_written_a_row_group_at_a_time(
     uri = join_uri(str(tmp_path), "findings.parquet")
     write_findings(LocalStore(), uri, geo_scene, [table.slice(i, 3) for i in range(0, 15, 3)])
     assert pq.read_metadata(uri).num_row_groups == 3  # 6, 6 and 3 rows
-    assert_geodataframe_equal(gpd.read_parquet(uri), findings_frame(geo_scene, table))
+    assert_geodataframe_equal(gpd.read_parquet(uri), shapely_frame(geo_scene, table))
 
 
 def test_parquet_and_json_round_trip(tmp_path: Path) -> None:
