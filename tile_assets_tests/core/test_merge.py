@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.image import TileImage
-from tile_assets.core.merge import MERGED_COUNT, MERGED_TILES, merge_findings
+from tile_assets.core.merge import MERGED_COUNT, MERGED_TILES, merge_findings, overlapping_pairs
 from tile_assets.core.models.classical import ClassicalModel
 from tile_assets.core.types import Finding, TileWindow
 
@@ -30,6 +30,42 @@ def f(
     area = (box[2] - box[0]) * (box[3] - box[1])
     return Finding(label=label, score=score, box=box, tile_id=tile_id, area_px=area)
 
+
+
+def brute_force_pairs(boxes: np.ndarray, codes: np.ndarray | None) -> dict[tuple[int, int], float]:
+    """Every pair (i < j) whose boxes share an area (and code), with that area: O(n^2), obviously right."""
+    found = {}
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if codes is not None and codes[i] != codes[j]:
+                continue
+            w = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
+            h = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
+            if w > 0 and h > 0 and np.isfinite(boxes[[i, j]]).all():
+                found[(i, j)] = w * h
+    return found
+
+
+@pytest.mark.parametrize("n_codes", [None, 1, 3, 40])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_overlapping_pairs_are_exactly_the_brute_force_ones(n_codes: int | None, seed: int) -> None:
+    """The band sweep (per code) finds every overlapping pair once, touching and empty boxes never, tall boxes too."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    x0, y0 = rng.integers(0, 300, n).astype(float), rng.integers(0, 300, n).astype(float)
+    w, h = rng.integers(0, 40, n).astype(float), rng.integers(0, 40, n).astype(float)
+    h[:5] = 280.0  # a few tall boxes span many bands
+    boxes = np.column_stack([x0, y0, x0 + w, y0 + h])
+    boxes[5:10] = boxes[10:15]  # exact duplicates
+    boxes[15, 2] = np.inf
+    boxes[16, 1] = np.nan
+    codes = None if n_codes is None else rng.integers(0, n_codes, n)
+
+    left, right, inter = overlapping_pairs(boxes, codes)
+
+    found = {(int(i), int(j)): float(a) for i, j, a in zip(left, right, inter, strict=True)}
+    assert len(found) == len(left)  # each pair once
+    assert found == brute_force_pairs(boxes, codes)
 
 # --- constructed cases ------------------------------------------------------
 
