@@ -125,7 +125,7 @@ ROW_FLUSH = 8_192
 Written as they came (a chunk's few findings per row), 2,401 one-finding tiles cost 1.6 s
 of per-batch compression and headers (1.3 KB a finding on disk) instead of 0.05 s."""
 MAX_PENDING = 32_768
-"""Findings held in memory across all rows (~6 MB) before every row is flushed."""
+"""Findings added (~6 MB) before every row is flushed: what the spool holds in memory, plus a chunk."""
 
 
 class RowSpool:
@@ -143,6 +143,9 @@ class RowSpool:
         self.files: dict[int, list[Path]] = {}
         self.pending: dict[int, list[pa.Table]] = {}
         self.pending_count: Counter[int] = Counter()
+        self.held = 0
+        """Findings added since every row was last flushed: the buffers' slices keep
+        those chunks alive, so this, not what is still pending, bounds memory."""
 
     def add(self, findings: pa.Table) -> None:
         """Append findings (of tiles among the spool's windows) to the buffers of their tile rows."""
@@ -151,18 +154,20 @@ class RowSpool:
         at = pc.index_in(findings.column("tile_id"), value_set=self.tile_ids).to_numpy()
         order = np.argsort(self.row_of_tile[at], kind="stable")
         rows = self.row_of_tile[at][order]
-        findings = findings.replace_schema_metadata(None)
+        # One copy in row order, buffered as slices: a take per row cost more than the rest of the spool.
+        findings = findings.replace_schema_metadata(None).take(order)
         starts = np.flatnonzero(np.diff(rows, prepend=-1))
         for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
             row = int(rows[start])
-            # A copy per row, not a slice of the chunk: what is buffered is all that is held.
-            self.pending.setdefault(row, []).append(findings.take(order[start:stop]))
+            self.pending.setdefault(row, []).append(findings.slice(start, stop - start))
             self.pending_count[row] += stop - start
             if self.pending_count[row] >= ROW_FLUSH:
                 self._flush(row)
-        if self.pending_count.total() >= MAX_PENDING:
+        self.held += len(findings)
+        if self.held >= MAX_PENDING:
             for row in list(self.pending):
                 self._flush(row)
+            self.held = 0
 
     def _flush(self, row: int) -> None:
         """Write a row's buffered findings to a file of their own.

@@ -7,7 +7,8 @@ preferring whole views) only ever compares findings whose boxes overlap,
 so it decides each connected group of overlapping findings on its own: a
 group whose members all end above the frontier is settled exactly as a
 merge of the whole scene would settle it. Settled groups are merged and
-handed on; the rest wait for the next part.
+handed on (gathered to `MERGE_BATCH` findings first); the rest wait for
+the next part.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class MergeOptions:
     border_aware: bool = True
 
 
+MERGE_BATCH = 8_192
+"""Settled findings gathered before they are merged together (their groups are apart, so
+merging them at once or a part at a time gives the same result). A merge has a fixed cost
+of a few milliseconds; merging each tile row on its own, a scene of one finding a tile
+paid it 49 times for 2,401 findings."""
+
+
 def merge_scene(
     parts: Iterable[tuple[pa.Table, float]],
     windows: Mapping[str, TileWindow],
@@ -55,10 +63,13 @@ def merge_scene(
     `extra` findings (the full-image pass) join the part before which they
     start. The union of what is yielded equals `merge_table` of
     `prefer_whole_table` (when `border_aware`) over all the findings.
+    Settled findings are merged `MERGE_BATCH` or more at a time.
     """
     tiles = TileBoxes.of(windows, width, height)
     waiting = empty_findings()
     pending = _by_top(extra) if extra is not None else empty_findings()
+    ready: list[pa.Table] = []
+    held = 0
     for found, frontier in parts:
         starts = int(np.searchsorted(column_array(pending, "px_y0"), frontier, side="left"))
         waiting = pa.concat_tables([waiting, found, pending.slice(0, starts)]).combine_chunks()
@@ -66,11 +77,15 @@ def merge_scene(
         settled = _settled(waiting, frontier, options.class_agnostic)
         log.debug("frontier %s: %d findings settled, %d wait", frontier, int(settled.sum()), int((~settled).sum()))
         if settled.any():
-            yield _merge(waiting.filter(pa.array(settled)), tiles, options)
+            ready.append(waiting.filter(pa.array(settled)))
+            held += len(ready[-1])
             waiting = waiting.filter(pa.array(~settled))
-    waiting = pa.concat_tables([waiting, pending])
-    if len(waiting):
-        yield _merge(waiting, tiles, options)
+        if held >= MERGE_BATCH:
+            yield _merge(pa.concat_tables(ready), tiles, options)
+            ready, held = [], 0
+    ready.append(pa.concat_tables([waiting, pending]))
+    if sum(map(len, ready)):
+        yield _merge(pa.concat_tables(ready), tiles, options)
 
 
 def _by_top(table: pa.Table) -> pa.Table:

@@ -16,6 +16,7 @@ from tile_assets.core.grid import plan_grid
 from tile_assets.core.merge import merge_table
 from tile_assets.core.models.classical import ClassicalModel
 from tile_assets.core.overview_pass import full_image_findings
+from tile_assets.core import scene_merge
 from tile_assets.core.scene_merge import MergeOptions, merge_scene
 from tile_assets.core.types import Finding, GridSpec, TileWindow
 from tile_assets_tests.models.pipeline import STORE, SceneRun, run_scene
@@ -55,8 +56,13 @@ def naip() -> SceneRun:
     return run_scene(NAIP, ClassicalModel(), SPEC)
 
 
+@pytest.mark.parametrize("merge_batch", [1, scene_merge.MERGE_BATCH])
 @pytest.mark.parametrize("strategy", ["greedy_nmm", "nms"])
-def test_a_real_scene_merged_by_tile_rows_equals_the_whole_scene_merge(naip: SceneRun, strategy: str) -> None:
+def test_a_real_scene_merged_by_tile_rows_equals_the_whole_scene_merge(
+    naip: SceneRun, strategy: str, merge_batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merged a settled part at a time or gathered, the scene comes out as one whole merge."""
+    monkeypatch.setattr(scene_merge, "MERGE_BATCH", merge_batch)
     options = MergeOptions(strategy=strategy)  # type: ignore[arg-type]
     parts = by_tile_row(naip.raw, naip.windows)
     assert len(parts) >= 3
@@ -81,15 +87,19 @@ def test_full_image_findings_join_the_band_where_they_start(naip: SceneRun) -> N
     assert canonical([f for t in streamed for f in table_findings(t)]) == canonical(expected)
 
 
-def test_settled_findings_leave_early_and_only_a_band_waits() -> None:
-    """Parts come out as soon as nothing later can touch them: the last part does not hold the scene."""
+def test_settled_findings_leave_early_and_only_a_band_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts come out as soon as nothing later can touch them (and `MERGE_BATCH` of them are gathered):
+    the last part does not hold the scene."""
     windows = {w.tile_id: w for w in plan_grid(1000, 2000, GridSpec(200, 0.0))}
     findings = [
         Finding("dot", 0.5, (w.col_off + 50.0, w.row_off + 50.0, w.col_off + 60.0, w.row_off + 60.0), w.tile_id, 100.0)
         for w in windows.values()
     ]
+    gathered = list(merge_scene(by_tile_row(findings, windows), windows, 1000, 2000, MergeOptions()))
+    assert [len(t) for t in gathered] == [50]  # under MERGE_BATCH: one merge
+    monkeypatch.setattr(scene_merge, "MERGE_BATCH", 12)
     out = list(merge_scene(by_tile_row(findings, windows), windows, 1000, 2000, MergeOptions()))
-    assert [len(t) for t in out] == [5] * 10
+    assert [len(t) for t in out] == [15, 15, 15, 5]  # rows of 5, merged once 12 or more are settled
 
 
 GRID = {w.tile_id: w for w in plan_grid(300, 300, GridSpec(100, 0.3))}
@@ -120,12 +130,16 @@ def _finding(tile: str, x: int, y: int, w: int, h: int, label: str, score: float
     st.sampled_from(["iou", "ios"]),
     st.booleans(),
     st.booleans(),
+    st.sampled_from([1, 7, scene_merge.MERGE_BATCH]),
 )
 def test_random_findings_merge_the_same_band_by_band(
-    items: list[Finding], strategy: str, metric: str, agnostic: bool, border_aware: bool
+    items: list[Finding], strategy: str, metric: str, agnostic: bool, border_aware: bool, merge_batch: int
 ) -> None:
     options = MergeOptions(strategy, metric, 0.5, agnostic, border_aware)  # type: ignore[arg-type]
-    streamed = [f for t in merge_scene(by_tile_row(items, GRID), GRID, 300, 300, options) for f in table_findings(t)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scene_merge, "MERGE_BATCH", merge_batch)
+        merged = list(merge_scene(by_tile_row(items, GRID), GRID, 300, 300, options))
+    streamed = [f for t in merged for f in table_findings(t)]
     expected = whole_scene(findings_table(items), GRID, 300, 300, options)
     assert canonical(streamed) == canonical(expected)
     assert np.isfinite([f.score for f in streamed]).all()
