@@ -283,7 +283,7 @@ def merge_findings(
         if lost:
             infer_lost(context, imagery, tile_model, scene, tiles, lost, failed)
             gathered.add(cache.for_batch(lost))  # only the folder those tiles were written to
-        merged = gathered.merge_into(store, findings_uri, scene, failed, options, extra)
+        merged = gathered.merge_into(store, findings_uri, scene, failed, options, extra, cache.prefix)
     lost_ids = {w.tile_id for w in lost}
     inferred_here = sum(r.tile_id in lost_ids and r.status == "ok" for r in merged.results)
     results = merged.results
@@ -320,6 +320,7 @@ def merge_findings(
             "tiles_inferred": summary["tiles_inferred"],
             "tiles_from_cache": summary["tiles_from_cache"],
             "tiles_inferred_in_merge": inferred_here,
+            "merge_mode": "updated" if merged.updated else "whole scene",
             "tiles_failed": summary["tiles_failed"],
             "coverage": round(summary["coverage"], 4),
             "findings_path": dg.MetadataValue.path(findings_uri),

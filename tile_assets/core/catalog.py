@@ -132,13 +132,15 @@ FINDINGS_ROW_GROUP = 16_384
 """Findings per row group of findings.parquet: what the writer holds encoded at once."""
 
 
-def write_findings(store: Store, uri: str, scene: SceneInfo, parts: Iterable[pa.Table]) -> int:
+def write_findings(
+    store: Store, uri: str, scene: SceneInfo, parts: Iterable[pa.Table], metadata: Mapping[str, str] | None = None
+) -> int:
     """Write findings.parquet (GeoParquet 1.1, WKB) from findings tables as they come; the row count.
 
     Parts are buffered to `FINDINGS_ROW_GROUP` rows and each group is
     encoded (`findings_arrow`) only when it is written, so memory holds a
     row group, not the scene. The `geo` metadata (geometry types, bbox, CRS) is completed
-    once the last group is written.
+    once the last group is written, with `metadata` (more key-value pairs).
     """
     buf = io.BytesIO()
     writer: pq.ParquetWriter | None = None
@@ -177,7 +179,7 @@ def write_findings(store: Store, uri: str, scene: SceneInfo, parts: Iterable[pa.
     if rows:
         column["bbox"] = bounds.tolist()
     geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
-    writer.add_key_value_metadata({"geo": json.dumps(geo)})
+    writer.add_key_value_metadata({"geo": json.dumps(geo), **(metadata or {})})
     writer.close()
     store.write_bytes(uri, buf.getvalue(), content_type=PARQUET_TYPE)
     return rows

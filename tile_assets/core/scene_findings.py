@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,17 @@ import pyarrow.compute as pc
 
 from tile_assets.core.cache import TileCache
 from tile_assets.core.catalog import write_findings
-from tile_assets.core.findings_table import value_counts
+from tile_assets.core.borders import TileBoxes
+from tile_assets.core.findings_table import empty_findings, value_counts
 from tile_assets.core.scene_merge import MergeOptions, merge_scene
+from tile_assets.core.scene_update import (
+    BASIS_METADATA,
+    MAX_UPDATE_FINDINGS,
+    MergeBasis,
+    read_previous,
+    update_merge,
+    window_digest,
+)
 from tile_assets.core.store import Store
 from tile_assets.core.types import SceneInfo, TileResult, TileWindow
 
@@ -41,6 +50,8 @@ class MergedScene:
     findings: int
     findings_before_merge: int
     counts_by_label: dict[str, int]
+    updated: bool = False
+    """Only what new tiles reach was merged again; the previous file's other rows were kept."""
 
 
 def no_result(window: TileWindow) -> TileResult:
@@ -87,34 +98,65 @@ class CachedScene:
         failed: Mapping[str, TileResult],
         options: MergeOptions,
         extra: pa.Table | None = None,
+        cache_folder: str = "",
     ) -> MergedScene:
         """Merge the gathered findings (plus `extra`) and write them to `findings_uri`.
 
         Tiles take their result from the cache, else from `failed`, else
-        they are a `no_result` failure.
+        they are a `no_result` failure. The file records what it was merged
+        from (the cache's folder, the grid, the options, the tiles); when
+        the file already there was merged from the same findings minus some
+        tiles' (a rerun after failures), only what those tiles' findings
+        reach is merged again (`update_merge`).
         """
         labels: Counter[str] = Counter()
 
-        def counted(merged: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        def counted(merged: Iterable[pa.Table]) -> Iterator[pa.Table]:
             for table in merged:
                 labels.update(value_counts(table.column("label")))
                 yield table
 
         by_id = {w.tile_id: w for w in self.windows}
-        merged = merge_scene(self.rows.top_first(), by_id, scene.width, scene.height, options, extra)
-        written = write_findings(store, findings_uri, scene, counted(merged))
+        basis = MergeBasis(
+            cache_folder, window_digest(self.windows), asdict(options), frozenset(self.cached), extra is not None
+        )
+        before = sum(self.per_tile.values())
+        updated = self._update(store, findings_uri, scene, basis, options, before) if cache_folder else None
+        merged = updated if updated is not None else merge_scene(
+            self.rows.top_first(), by_id, scene.width, scene.height, options, extra
+        )
+        metadata = {BASIS_METADATA: basis.to_json()} if cache_folder else None
+        written = write_findings(store, findings_uri, scene, counted(merged), metadata)
         results = tuple(
             self.cached.get(w.tile_id) or failed.get(w.tile_id) or no_result(w) for w in self.windows
         )
-        before = sum(self.per_tile.values())
-        log.info("%s: %d findings merged to %d", scene.partition_key, before, written)
+        log.info(
+            "%s: %d findings merged to %d (%s)",
+            scene.partition_key, before, written, "updated" if updated is not None else "whole scene",
+        )
         return MergedScene(
             results=results,
             findings_per_tile=dict(self.per_tile),
             findings=written,
             findings_before_merge=before,
             counts_by_label=dict(sorted(labels.items())),
+            updated=updated is not None,
         )
+
+    def _update(
+        self, store: Store, uri: str, scene: SceneInfo, basis: MergeBasis, options: MergeOptions, count: int
+    ) -> list[pa.Table] | None:
+        """The parts of an updated merge (kept rows, findings merged again), or None to merge the whole scene."""
+        if count > MAX_UPDATE_FINDINGS:
+            return None
+        previous = read_previous(store, uri)
+        new_tiles = previous[0].new_tiles(basis) if previous is not None else None
+        if previous is None or new_tiles is None:
+            return None
+        raw = pa.concat_tables([table for table, _ in self.rows.top_first()] or [empty_findings()])
+        tiles = TileBoxes.of({w.tile_id: w for w in self.windows}, scene.width, scene.height)
+        kept, merged = update_merge(previous[1], raw, new_tiles, tiles, options)
+        return [kept, merged]
 
 
 _SPOOL_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")

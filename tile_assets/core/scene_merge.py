@@ -81,11 +81,11 @@ def merge_scene(
             held += len(ready[-1])
             waiting = waiting.filter(pa.array(~settled))
         if held >= MERGE_BATCH:
-            yield _merge(pa.concat_tables(ready), tiles, options)
+            yield merge_groups(pa.concat_tables(ready), tiles, options)
             ready, held = [], 0
     ready.append(pa.concat_tables([waiting, pending]))
     if sum(map(len, ready)):
-        yield _merge(pa.concat_tables(ready), tiles, options)
+        yield merge_groups(pa.concat_tables(ready), tiles, options)
 
 
 def _by_top(table: pa.Table) -> pa.Table:
@@ -99,16 +99,23 @@ def _settled(table: pa.Table, frontier: float, class_agnostic: bool) -> np.ndarr
     if done.all() or not done.any():
         return done
     codes = None if class_agnostic else string_codes(table.column("label"))[0]
-    left, right, _ = overlapping_pairs(boxes, codes)
-    n = len(table)
-    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
-    count, group = connected_components(graph, directed=False)
+    count, group = overlap_groups(boxes, codes)
     open_group = np.zeros(count, dtype=bool)
     open_group[group[~done]] = True
     return ~open_group[group]
 
 
-def _merge(table: pa.Table, tiles: TileBoxes, options: MergeOptions) -> pa.Table:
+def overlap_groups(boxes: np.ndarray, codes: np.ndarray | None) -> tuple[int, np.ndarray]:
+    """Connected groups of overlapping boxes (of equal code, with `codes`): how many, and each box's group."""
+    left, right, _ = overlapping_pairs(boxes, codes)
+    n = len(boxes)
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
+    count, group = connected_components(graph, directed=False)
+    return int(count), group
+
+
+def merge_groups(table: pa.Table, tiles: TileBoxes, options: MergeOptions) -> pa.Table:
+    """Merge whole groups of overlapping findings (all of each group in `table`) as `options` say."""
     if options.border_aware:
         table = prefer_whole_table(table, tiles, class_agnostic=options.class_agnostic)
     return merge_table(

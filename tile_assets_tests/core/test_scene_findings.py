@@ -68,6 +68,44 @@ def test_a_cached_scene_is_merged_and_written_as_the_whole_scene_merge(tmp_path:
     assert len(ok) == len(windows) - 2 and all(r.from_cache and r.valid_pixels > 0 for r in ok)
 
 
+
+def merge_cached(cache: TileCache, windows: tuple[TileWindow, ...], uri: str, scene, failed: dict) -> scene_findings.MergedScene:  # noqa: ANN001
+    with CachedScene(windows) as gathered:
+        gathered.add(cache)
+        return gathered.merge_into(STORE, uri, scene, failed, MergeOptions(), cache_folder=cache.prefix)
+
+
+def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp_path: Path) -> None:
+    """After failed tiles come back, only what they reach is merged again; the file is the whole merge."""
+    scene = describe_scene(NAIP)
+    windows = tuple(plan_grid(scene.width, scene.height, SPEC))
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint)
+    late = windows[3::6]
+    for plan in plan_scene_batches(scene, [w for w in windows if w not in late], 4, 64):
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+    uri = str(tmp_path / "findings.parquet")
+    failed = {w.tile_id: TileResult(w.tile_id, "failed", error_type="ModelError", error_message="boom") for w in late}
+    first = merge_cached(cache, windows, uri, scene, failed)
+    assert not first.updated
+
+    for plan in plan_scene_batches(scene, late, 2, 64):  # the rerun
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+    rerun = merge_cached(cache, windows, uri, scene, {})
+    written = table_findings(pq.read_table(uri))
+
+    whole_uri = str(tmp_path / "whole.parquet")
+    whole = merge_cached(cache, windows, whole_uri, scene, {})
+    assert rerun.updated and not whole.updated
+    assert canonical(written) == canonical(table_findings(pq.read_table(whole_uri)))
+    assert rerun.findings == whole.findings and rerun.counts_by_label == whole.counts_by_label
+    assert merge_cached(cache, windows, uri, scene, {}).updated  # nothing new: the file is kept as it is
+    assert canonical(table_findings(pq.read_table(uri))) == canonical(written)
+
+    other = TileCache(STORE, cache.catalog, "classical-2", scene.fingerprint)  # another model: whole again
+    for plan in plan_scene_batches(scene, windows, 2, 64):
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), other)
+    assert not merge_cached(other, windows, uri, scene, {}).updated
+
 @pytest.mark.parametrize(("row_flush", "max_pending"), [(8_192, 32_768), (50, 10_000), (10_000, 300)])
 def test_the_spool_gives_back_each_tile_row_top_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_flush: int, max_pending: int

@@ -1,0 +1,93 @@
+"""A rerun's merge (previous rows kept, only what new tiles reach merged again) equals merging the whole scene."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tile_assets.core.borders import TileBoxes
+from tile_assets.core.findings_table import findings_table, table_findings
+from tile_assets.core.scene_merge import MergeOptions
+from tile_assets.core.scene_update import MergeBasis, update_merge
+from tile_assets.core.types import Finding
+from tile_assets_tests.core.test_scene_merge import GRID, SceneRun, _finding, canonical, naip, whole_scene
+
+__all__ = ["naip"]  # the module fixture, shared with test_scene_merge
+
+
+def updated(old: list[Finding], new: list[Finding], windows: dict, side: int, options: MergeOptions) -> list[Finding]:
+    """Merge `old`, write it as findings.parquet would hold it (more columns), then update with `new`."""
+    previous = findings_table(whole_scene(findings_table(old), windows, side, side, options))
+    previous = previous.append_column("scene_key", pa.array(["s"] * len(previous)))
+    kept, merged = update_merge(
+        previous,
+        findings_table(old + new),
+        {f.tile_id for f in new},
+        TileBoxes.of(windows, side, side),
+        options,
+    )
+    return table_findings(kept) + table_findings(merged)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            _finding,
+            st.sampled_from(sorted(GRID)),
+            st.integers(0, 95),
+            st.integers(0, 95),
+            st.integers(0, 60),
+            st.integers(0, 60),
+            st.sampled_from(["car", "truck"]),
+            st.sampled_from([0.5, 0.7, 0.9]),
+        ),
+        max_size=60,
+    ),
+    st.sets(st.sampled_from(sorted(GRID)), max_size=4),
+    st.sampled_from(["greedy_nmm", "nms"]),
+    st.sampled_from(["iou", "ios"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_random_updates_equal_the_whole_merge(
+    items: list[Finding], new_tiles: set[str], strategy: str, metric: str, agnostic: bool, border_aware: bool
+) -> None:
+    options = MergeOptions(strategy, metric, 0.5, agnostic, border_aware)  # type: ignore[arg-type]
+    old = [f for f in items if f.tile_id not in new_tiles]
+    new = [f for f in items if f.tile_id in new_tiles]
+    expected = whole_scene(findings_table(items), GRID, 300, 300, options)
+    assert canonical(updated(old, new, GRID, 300, options)) == canonical(expected)
+
+
+@pytest.mark.parametrize("strategy", ["greedy_nmm", "nms"])
+def test_a_real_scene_updated_after_failed_tiles_equals_its_whole_merge(naip: SceneRun, strategy: str) -> None:
+    """Every 5th tile of a NAIP scene comes back in a rerun: its findings join, most previous rows stay."""
+    options = MergeOptions(strategy=strategy)  # type: ignore[arg-type]
+    late = {tile for i, tile in enumerate(naip.windows) if i % 5 == 0}
+    old = [f for f in naip.raw if f.tile_id not in late]
+    new = [f for f in naip.raw if f.tile_id in late]
+    side_w, side_h = naip.scene.width, naip.scene.height
+    previous = findings_table(whole_scene(findings_table(old), naip.windows, side_w, side_h, options))
+    kept, merged = update_merge(
+        previous, findings_table(naip.raw), late, TileBoxes.of(naip.windows, side_w, side_h), options
+    )
+    expected = whole_scene(findings_table(naip.raw), naip.windows, side_w, side_h, options)
+    assert len(new) > 20 and len(expected) > 100
+    assert canonical(table_findings(kept) + table_findings(merged)) == canonical(expected)
+    assert 0 < len(merged) < len(expected) and len(kept) > len(expected) // 3  # the update did not redo everything
+
+
+def test_a_basis_tells_what_a_rerun_adds() -> None:
+    options = {"strategy": "greedy_nmm"}
+    before = MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "b"}), False)
+    assert MergeBasis.from_json(before.to_json()) == before
+    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "b", "c"}), False)) == {"c"}
+    assert before.new_tiles(before) == frozenset()
+    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "c"}), False)) is None  # b gone
+    assert before.new_tiles(MergeBasis("cache/m2/f", "grid1", options, frozenset({"a", "b"}), False)) is None
+    assert before.new_tiles(MergeBasis("cache/m/f", "grid2", options, frozenset({"a", "b"}), False)) is None
+    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", {"strategy": "nms"}, frozenset({"a", "b"}), False)) is None
+    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "b"}), True)) is None
