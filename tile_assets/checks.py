@@ -6,9 +6,9 @@ import json
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import shapely
 
 from tile_assets.assets.findings import tile_findings
+from tile_assets.core.geo import valid_wkb
 from tile_assets.core.tables import ParquetBatches
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
@@ -49,9 +49,7 @@ def _count_bad_rows(findings: ParquetBatches, geometry: str | None, score: bool)
         return invalid, out_of_range
     for batch in findings.batches(columns):
         if geometry is not None:
-            wkb = batch.column(geometry).to_numpy(zero_copy_only=False)
-            shapes = shapely.from_wkb(wkb, on_invalid="ignore")
-            invalid += int(np.count_nonzero(~shapely.is_valid(shapes)))
+            invalid += int(np.count_nonzero(~valid_wkb(batch.column(geometry))))
         if score:
             values = batch.column("score").to_numpy(zero_copy_only=False)
             out_of_range += int(np.count_nonzero((values < 0) | (values > 1)))

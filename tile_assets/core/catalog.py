@@ -137,7 +137,7 @@ def write_findings(
 ) -> int:
     """Write findings.parquet (GeoParquet 1.1, WKB) from findings tables as they come; the row count.
 
-    Parts are buffered to `FINDINGS_ROW_GROUP` rows and each group is
+    Parts are buffered and cut into row groups of `FINDINGS_ROW_GROUP` rows, each
     encoded (`findings_arrow`) only when it is written, so memory holds a
     row group, not the scene. The `geo` metadata (geometry types, bbox, CRS) is completed
     once the last group is written, with `metadata` (more key-value pairs).
@@ -163,11 +163,13 @@ def write_findings(
     pending: list[pa.Table] = []
     held = 0
     for part in parts:
-        pending.append(part)
-        held += len(part)
-        if held >= FINDINGS_ROW_GROUP:
-            write(pending)
-            pending, held = [], 0
+        while held + len(part) >= FINDINGS_ROW_GROUP:  # a large part is cut: no row group holds more
+            room = FINDINGS_ROW_GROUP - held
+            write([*pending, part.slice(0, room)])
+            part, pending, held = part.slice(room), [], 0
+        if len(part):
+            pending.append(part)
+            held += len(part)
     if pending or writer is None:
         write(pending)
     assert writer is not None

@@ -44,7 +44,9 @@ from tile_assets.core.catalog import (
 from tile_assets.core import catalog
 from tile_assets.core.findings_table import empty_findings, findings_table
 from tile_assets.core.findings_table import BOX_COLUMNS
-from tile_assets.core.geo import WGS84, box_corners, box_polygons, box_wkb, crs_to_wgs84, scene_affine, scene_crs
+from tile_assets.core.geo import (
+    WGS84, box_corners, box_polygons, box_wkb, crs_to_wgs84, scene_affine, scene_crs, valid_wkb,
+)
 from tile_assets.core.store import LocalStore, join_uri
 from tile_assets.core.synthesis import synthesize
 from tile_assets.core.types import Finding, SceneInfo, TileResult
@@ -219,6 +221,46 @@ def test_box_wkb_is_byte_for_byte_shapelys(transform: Affine | None) -> None:
     empty, no_types = box_wkb(xs[:0], ys[:0])
     assert len(empty) == 0 and no_types == set()
 
+def _ring_wkb(xy: list[tuple[float, float]], order: str = "<") -> bytes:
+    """A one-ring polygon's WKB as written, whatever the ring: unclosed, folded or not finite."""
+    flag = b"\x01" if order == "<" else b"\x00"
+    return flag + np.array([3, 1, len(xy)], dtype=f"{order}u4").tobytes() + np.array(xy, dtype=f"{order}f8").tobytes()
+
+
+def test_valid_wkb_agrees_with_geos() -> None:
+    """Boxes are told valid from their bytes; every other shape gets GEOS's answer, row for row."""
+    rng = np.random.default_rng(3)
+    x0, y0 = rng.uniform(-1e6, 1e6, 400), rng.uniform(-1e6, 1e6, 400)
+    xs, ys = box_corners(np.column_stack([x0, y0, x0 + 30, y0 + 20]), Affine(0.5, 0.2, 10, 0.1, -0.5, 20))
+    boxes, _ = box_wkb(xs, ys)
+    square = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.0, 0.0)]
+    odd = [
+        _ring_wkb(square),
+        _ring_wkb(square[::-1]),  # clockwise: still valid
+        _ring_wkb(square, ">"),  # big-endian
+        _ring_wkb([(0, 0), (1, 1), (1, 0), (0, 1), (0, 0)]),  # bow tie
+        _ring_wkb([(0, 0), (1, 0), (2, 0), (3, 0), (0, 0)]),  # no area
+        _ring_wkb([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0.5)]),  # not closed
+        _ring_wkb([(0, 0), (1, 0), (np.nan, 1), (0, 1), (0, 0)]),
+        _ring_wkb([(0, 0), (1, 0), (np.inf, 1), (0, 1), (0, 0)]),
+        _ring_wkb([(0, 0), (2, 0), (1, 0.5), (1, 2), (0, 0)]),  # concave: valid, decided by GEOS
+        _ring_wkb([(0, 0), (1, 0), (1, 0), (0, 1), (0, 0)]),  # a repeated corner
+        shapely.to_wkb(shapely.Point(1, 2)),
+        shapely.to_wkb(box(0, 0, 1, 1).difference(box(0.4, 0.4, 0.6, 0.6))),  # with a hole
+        shapely.to_wkb(shapely.MultiPolygon([box(0, 0, 1, 1), box(0.5, 0.5, 2, 2)])),  # overlapping parts
+        b"\x01" * 93,  # a box's size, not a box
+        b"not wkb",
+        None,
+    ]
+    column = pa.chunked_array([boxes.slice(7), pa.array(odd, pa.binary()), boxes.slice(0, 7)])
+    expected = shapely.is_valid(shapely.from_wkb(column.to_numpy(zero_copy_only=False), on_invalid="ignore"))
+    got = valid_wkb(column)
+    assert got.tolist() == expected.tolist()
+    assert got[:393].all() and got[-7:].all()
+    assert np.flatnonzero(got[393:-7]).tolist() == [0, 1, 2, 8, 9, 10, 11]  # squares, concave, repeated, point, hole
+    assert valid_wkb(pa.array([], pa.binary())).tolist() == []
+
+
 @pytest.mark.parametrize("which", ["geo", "plain", "empty"])
 def test_geoparquet_round_trip(
     tmp_path: Path, geo_scene: SceneInfo, plain_scene: SceneInfo, which: str
@@ -244,12 +286,14 @@ def test_geoparquet_round_trip(
 def test_findings_are_written_a_row_group_at_a_time(
     tmp_path: Path, geo_scene: SceneInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parts are buffered into row groups; the file reads back as one table in order."""
+    """Parts are buffered and cut into row groups of 4; the file reads back as one table in order."""
     monkeypatch.setattr(catalog, "FINDINGS_ROW_GROUP", 4)
     table = findings_table(_findings(geo_scene) * 5)
     uri = join_uri(str(tmp_path), "findings.parquet")
-    write_findings(LocalStore(), uri, geo_scene, [table.slice(i, 3) for i in range(0, 15, 3)])
-    assert pq.read_metadata(uri).num_row_groups == 3  # 6, 6 and 3 rows
+    parts = [table.slice(0, 3), table.slice(3, 9), table.slice(12, 0), table.slice(12, 1), table.slice(13)]
+    write_findings(LocalStore(), uri, geo_scene, parts)
+    metadata = pq.read_metadata(uri)
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4, 4, 4, 3]
     assert_geodataframe_equal(gpd.read_parquet(uri), shapely_frame(geo_scene, table))
 
 

@@ -111,21 +111,25 @@ def _finding(tile: str, x: int, y: int, w: int, h: int, label: str, score: float
     return Finding(label, score, box, tile, float(w * h), "m", "1", {"k": x % 3})
 
 
+GRID_FINDINGS = st.lists(
+    st.builds(
+        _finding,
+        st.sampled_from(sorted(GRID)),
+        st.integers(0, 95),
+        st.integers(0, 95),
+        st.integers(0, 60),
+        st.integers(0, 60),
+        st.sampled_from(["car", "truck"]),
+        st.sampled_from([0.5, 0.7, 0.9]),
+    ),
+    max_size=60,
+)
+"""Up to 60 findings on the 3 x 3 grid, small enough to overlap across tile borders often."""
+
+
 @settings(max_examples=150, deadline=None)
 @given(
-    st.lists(
-        st.builds(
-            _finding,
-            st.sampled_from(sorted(GRID)),
-            st.integers(0, 95),
-            st.integers(0, 95),
-            st.integers(0, 60),
-            st.integers(0, 60),
-            st.sampled_from(["car", "truck"]),
-            st.sampled_from([0.5, 0.7, 0.9]),
-        ),
-        max_size=60,
-    ),
+    GRID_FINDINGS,
     st.sampled_from(["greedy_nmm", "nms"]),
     st.sampled_from(["iou", "ios"]),
     st.booleans(),

@@ -12,7 +12,7 @@ from tile_assets.core.findings_table import findings_table, table_findings
 from tile_assets.core.scene_merge import MergeOptions
 from tile_assets.core.scene_update import MergeBasis, update_merge
 from tile_assets.core.types import Finding
-from tile_assets_tests.core.test_scene_merge import GRID, SceneRun, _finding, canonical, naip, whole_scene
+from tile_assets_tests.core.test_scene_merge import GRID, GRID_FINDINGS, SceneRun, canonical, naip, whole_scene
 
 __all__ = ["naip"]  # the module fixture, shared with test_scene_merge
 
@@ -33,19 +33,7 @@ def updated(old: list[Finding], new: list[Finding], windows: dict, side: int, op
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(
-        st.builds(
-            _finding,
-            st.sampled_from(sorted(GRID)),
-            st.integers(0, 95),
-            st.integers(0, 95),
-            st.integers(0, 60),
-            st.integers(0, 60),
-            st.sampled_from(["car", "truck"]),
-            st.sampled_from([0.5, 0.7, 0.9]),
-        ),
-        max_size=60,
-    ),
+    GRID_FINDINGS,
     st.sets(st.sampled_from(sorted(GRID)), max_size=4),
     st.sampled_from(["greedy_nmm", "nms"]),
     st.sampled_from(["iou", "ios"]),
