@@ -50,6 +50,22 @@ def _digest(keys: Iterable[str]) -> str:
     return hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:24]
 
 
+def _chunk_name(tiles: dict[str, Any], table: pa.Table) -> str:
+    """A chunk file's name from what it holds: its tiles' entries and their findings' bytes.
+
+    The same results make the same name (an attempt that writes a chunk
+    again replaces it); a tile inferred again with other findings lands in
+    a file of another name, so a merge based on the old file can tell.
+    """
+    digest = hashlib.sha256(json.dumps(tiles, sort_keys=True).encode())
+    for column in table.columns:
+        for array in column.chunks:
+            for buffer in array.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return digest.hexdigest()[:24]
+
+
 CHUNK_METADATA = b"tile_assets:chunk"
 """Parquet metadata key of a chunk file's tiles and run group (JSON)."""
 TILE_KEY = "tile_key"
@@ -68,6 +84,8 @@ class CachedChunk:
 
     results: tuple[TileResult, ...]
     findings: pa.Table
+    name: str
+    """The chunk file's name (content-derived, see `_chunk_name`)."""
 
 
 @dataclass(frozen=True)
@@ -204,7 +222,7 @@ class TileCache:
             seen.update(entries)
             keep = pc.is_in(table.column(TILE_KEY), value_set=pa.array(list(entries), pa.string()))
             results = tuple(self._result(by_key[k], e) for k, e in entries.items())
-            yield CachedChunk(results, table.filter(keep).drop_columns([TILE_KEY]))
+            yield CachedChunk(results, table.filter(keep).drop_columns([TILE_KEY]), uri.rsplit("/", 1)[-1])
 
     def put_chunk(self, done: Sequence[tuple[TileWindow, TileResult]]) -> None:
         """Remember the successful tiles of one chunk in one file; failures are never cached."""
@@ -221,7 +239,8 @@ class TileCache:
         metadata = json.dumps({"run_group": self.run_group, "tiles": tiles}, sort_keys=True)
         buf = io.BytesIO()
         pq.write_table(table.replace_schema_metadata({CHUNK_METADATA: metadata}), buf)
-        self.store.write_bytes(join_uri(self.folder, f"{_digest(tiles)}.parquet"), buf.getvalue(), PARQUET_TYPE)
+        name = _chunk_name(tiles, table)
+        self.store.write_bytes(join_uri(self.folder, f"{name}.parquet"), buf.getvalue(), PARQUET_TYPE)
 
     @contextmanager
     def writer(self) -> Iterator[PutChunk]:

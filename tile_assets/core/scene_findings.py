@@ -69,6 +69,8 @@ class CachedScene:
     def __init__(self, windows: Sequence[TileWindow]) -> None:
         self.windows = tuple(windows)
         self.cached: dict[str, TileResult] = {}
+        self.chunk_of: dict[str, str] = {}
+        """The cache file each cached tile came from."""
         self.per_tile: Counter[str] = Counter()
         self._scratch = tempfile.TemporaryDirectory(prefix="tile-assets-merge-")
         self.rows = RowSpool(self.windows, Path(self._scratch.name))
@@ -83,6 +85,7 @@ class CachedScene:
         """Read every chunk file of `cache` once: results kept, findings spooled."""
         for chunk in cache.scene_chunks(self.windows):
             self.cached.update((r.tile_id, r) for r in chunk.results)
+            self.chunk_of.update((r.tile_id, chunk.name) for r in chunk.results)
             self.per_tile.update(value_counts(chunk.findings.column("tile_id")))
             self.rows.add(chunk.findings)
 
@@ -104,7 +107,7 @@ class CachedScene:
 
         Tiles take their result from the cache, else from `failed`, else
         they are a `no_result` failure. The file records what it was merged
-        from (the cache's folder, the grid, the options, the tiles); when
+        from (the cache folder, the grid, the options, each tile's cache file); when
         the file already there was merged from the same findings minus some
         tiles' (a rerun after failures), only what those tiles' findings
         reach is merged again (`update_merge`).
@@ -118,7 +121,7 @@ class CachedScene:
 
         by_id = {w.tile_id: w for w in self.windows}
         basis = MergeBasis(
-            cache_folder, window_digest(self.windows), asdict(options), frozenset(self.cached), extra is not None
+            cache_folder, window_digest(self.windows), asdict(options), dict(self.chunk_of), extra is not None
         )
         before = sum(self.per_tile.values())
         updated = self._update(store, findings_uri, scene, basis, options, before) if cache_folder else None

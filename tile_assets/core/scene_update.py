@@ -9,6 +9,11 @@ when a rerun's findings are that basis plus the findings of new tiles,
 `update_merge` merges again only what the new findings can reach and keeps
 the previous file's other rows.
 
+That the other tiles' findings are the ones merged before is checked, not
+assumed: the basis names the cache file each tile came from, and cache
+files are named after their content (`cache._chunk_name`), so a tile
+inferred again with other findings makes the whole scene merge again.
+
 Why it is exact: the merge decides each connected group of overlapping
 findings (same label unless class-agnostic) on its own (see
 `scene_merge`), and every row it writes lies inside the bounding box of
@@ -28,7 +33,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -61,26 +66,33 @@ class MergeBasis:
     grid: str
     """Digest of the tile windows (`window_digest`)."""
     options: dict
-    tiles: frozenset[str]
-    """Tiles whose cached findings went in."""
+    tiles: Mapping[str, str]
+    """Tiles whose cached findings went in, each with the name of the cache file they came from
+    (content-derived: a tile inferred again with other findings comes from another file)."""
     full_image_pass: bool
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "tiles": sorted(self.tiles)}, sort_keys=True)
+        chunks = sorted(set(self.tiles.values()))
+        index = {name: i for i, name in enumerate(chunks)}
+        tiles = {tile: index[name] for tile, name in sorted(self.tiles.items())}
+        return json.dumps({**asdict(self), "chunks": chunks, "tiles": tiles}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> MergeBasis:
         raw = json.loads(text)
-        return cls(raw["cache"], raw["grid"], dict(raw["options"]), frozenset(raw["tiles"]), bool(raw["full_image_pass"]))
+        chunks = list(raw["chunks"])
+        tiles = {str(tile): chunks[i] for tile, i in raw["tiles"].items()}
+        return cls(raw["cache"], raw["grid"], dict(raw["options"]), tiles, bool(raw["full_image_pass"]))
 
     def new_tiles(self, now: MergeBasis) -> frozenset[str] | None:
-        """The tiles `now` merges on top of this basis, or None when `now` is not this basis plus new tiles."""
+        """The tiles `now` merges on top of this basis, or None when `now` is not this basis plus new
+        tiles (other cache, grid, options; a full-image pass; a tile gone or read from another file)."""
         same = (self.cache, self.grid, self.options, self.full_image_pass) == (
             now.cache, now.grid, now.options, now.full_image_pass
         )
-        if not same or now.full_image_pass or not self.tiles <= now.tiles:
+        if not same or now.full_image_pass or any(now.tiles.get(t) != name for t, name in self.tiles.items()):
             return None
-        return now.tiles - self.tiles
+        return frozenset(now.tiles.keys() - self.tiles.keys())
 
 
 def window_digest(windows: Sequence[TileWindow]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,11 +13,13 @@ import pytest
 from tile_assets.core import inference, scene_findings
 from tile_assets.core.batches import plan_scene_batches
 from tile_assets.core.borders import prefer_whole
-from tile_assets.core.cache import TileCache
+from tile_assets.core.cache import CHUNK_METADATA, TileCache
 from tile_assets.core.findings_table import table_findings
 from tile_assets.core.grid import plan_grid
 from tile_assets.core.inference import run_batch
 from tile_assets.core.merge import merge_findings
+from tile_assets.core.image import TileImage
+from tile_assets.core.models.base import TilePrediction
 from tile_assets.core.models.classical import ClassicalModel
 from tile_assets.core.scene_findings import CachedScene, RowSpool
 from tile_assets.core.scene_merge import MergeOptions
@@ -69,6 +73,18 @@ def test_a_cached_scene_is_merged_and_written_as_the_whole_scene_merge(tmp_path:
 
 
 
+class FewerFindings(ClassicalModel):
+    """The classical model reporting one finding less a tile: the same tiles, other findings."""
+
+    def predict(self, tiles: Sequence[TileImage]) -> list[TilePrediction]:
+        return [replace(p, findings=p.findings[:-1]) for p in super().predict(tiles)]
+
+
+def _chunk_tiles(path: Path) -> str:
+    """A cache chunk file's tile entries, as the JSON in its metadata."""
+    return pq.read_schema(path).metadata[CHUNK_METADATA].decode()
+
+
 def merge_cached(cache: TileCache, windows: tuple[TileWindow, ...], uri: str, scene, failed: dict) -> scene_findings.MergedScene:  # noqa: ANN001
     with CachedScene(windows) as gathered:
         gathered.add(cache)
@@ -100,6 +116,21 @@ def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp
     assert rerun.findings == whole.findings and rerun.counts_by_label == whole.counts_by_label
     assert merge_cached(cache, windows, uri, scene, {}).updated  # nothing new: the file is kept as it is
     assert canonical(table_findings(pq.read_table(uri))) == canonical(written)
+
+    # Tiles merged before come back with other findings (their cache file lost, a model that does
+    # not say the same twice): their previous rows cannot be kept, so the scene is merged whole.
+    holder = next(p for p in Path(cache.prefix).rglob("*.parquet") if f'"{windows[0].tile_id}"' in _chunk_tiles(p))
+    holder.unlink()
+    with CachedScene(windows) as gathered:
+        gathered.add(cache)
+        redo = gathered.missing({})
+    assert windows[0] in redo
+    for plan in plan_scene_batches(scene, redo, 1, 64):
+        run_batch(STORE, scene, plan, SPEC, FewerFindings(), cache)
+    again = merge_cached(cache, windows, uri, scene, {})
+    whole = merge_cached(cache, windows, whole_uri, scene, {})
+    assert not again.updated and again.findings < rerun.findings
+    assert canonical(table_findings(pq.read_table(uri))) == canonical(table_findings(pq.read_table(whole_uri)))
 
     other = TileCache(STORE, cache.catalog, "classical-2", scene.fingerprint)  # another model: whole again
     for plan in plan_scene_batches(scene, windows, 2, 64):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -70,12 +72,18 @@ def test_a_real_scene_updated_after_failed_tiles_equals_its_whole_merge(naip: Sc
 
 def test_a_basis_tells_what_a_rerun_adds() -> None:
     options = {"strategy": "greedy_nmm"}
-    before = MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "b"}), False)
+    tiles = {"a": "c1.parquet", "b": "c2.parquet"}
+
+    def now(**changes: object) -> MergeBasis:
+        return replace(MergeBasis("cache/m/f", "grid1", options, tiles, False), **changes)
+
+    before = now()
     assert MergeBasis.from_json(before.to_json()) == before
-    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "b", "c"}), False)) == {"c"}
+    assert before.new_tiles(now(tiles={**tiles, "c": "c3.parquet"})) == {"c"}
     assert before.new_tiles(before) == frozenset()
-    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "c"}), False)) is None  # b gone
-    assert before.new_tiles(MergeBasis("cache/m2/f", "grid1", options, frozenset({"a", "b"}), False)) is None
-    assert before.new_tiles(MergeBasis("cache/m/f", "grid2", options, frozenset({"a", "b"}), False)) is None
-    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", {"strategy": "nms"}, frozenset({"a", "b"}), False)) is None
-    assert before.new_tiles(MergeBasis("cache/m/f", "grid1", options, frozenset({"a", "b"}), True)) is None
+    assert before.new_tiles(now(tiles={"a": "c1.parquet", "c": "c3.parquet"})) is None  # b gone
+    assert before.new_tiles(now(tiles={**tiles, "b": "c3.parquet"})) is None  # b's findings came from another file
+    assert before.new_tiles(now(cache="cache/m2/f")) is None
+    assert before.new_tiles(now(grid="grid2")) is None
+    assert before.new_tiles(now(options={"strategy": "nms"})) is None
+    assert before.new_tiles(now(full_image_pass=True)) is None
