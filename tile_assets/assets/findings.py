@@ -277,13 +277,13 @@ def merge_findings(
         config.strategy, config.metric, config.threshold, config.class_agnostic, config.border_aware
     )
     cache = scene_cache(context, imagery, model, scene)
-    with CachedScene(windows) as gathered:
+    with CachedScene(windows, store, findings_uri) as gathered:
         gathered.add(cache)
         lost = gathered.missing(failed)
         if lost:
             infer_lost(context, imagery, tile_model, scene, tiles, lost, failed)
             gathered.add(cache.for_batch(lost))  # only the folder those tiles were written to
-        merged = gathered.merge_into(store, findings_uri, scene, failed, options, extra, cache.prefix)
+        merged = gathered.merge_into(scene, failed, options, extra, cache.prefix)
     lost_ids = {w.tile_id for w in lost}
     inferred_here = sum(r.tile_id in lost_ids and r.status == "ok" for r in merged.results)
     results = merged.results

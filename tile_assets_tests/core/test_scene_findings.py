@@ -51,10 +51,10 @@ def test_a_cached_scene_is_merged_and_written_as_the_whole_scene_merge(tmp_path:
 
     uri = str(tmp_path / "findings.parquet")
     reader = TileCache(STORE, cache.catalog, cache.model_key, cache.fingerprint, "run-2")
-    with CachedScene(windows) as gathered:
+    with CachedScene(windows, STORE, uri) as gathered:
         gathered.add(reader)
         assert gathered.missing(failed) == (lost,)
-        merged = gathered.merge_into(STORE, uri, scene, failed, MergeOptions())
+        merged = gathered.merge_into(scene, failed, MergeOptions())
 
     expected = merge_findings(prefer_whole(raw, {w.tile_id: w for w in windows}, scene.width, scene.height))
     written = table_findings(pq.read_table(uri))
@@ -86,9 +86,9 @@ def _chunk_tiles(path: Path) -> str:
 
 
 def merge_cached(cache: TileCache, windows: tuple[TileWindow, ...], uri: str, scene, failed: dict) -> scene_findings.MergedScene:  # noqa: ANN001
-    with CachedScene(windows) as gathered:
+    with CachedScene(windows, STORE, uri) as gathered:
         gathered.add(cache)
-        return gathered.merge_into(STORE, uri, scene, failed, MergeOptions(), cache_folder=cache.prefix)
+        return gathered.merge_into(scene, failed, MergeOptions(), cache_folder=cache.prefix)
 
 
 def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp
     # not say the same twice): their previous rows cannot be kept, so the scene is merged whole.
     holder = next(p for p in Path(cache.prefix).rglob("*.parquet") if f'"{windows[0].tile_id}"' in _chunk_tiles(p))
     holder.unlink()
-    with CachedScene(windows) as gathered:
+    with CachedScene(windows, STORE, uri) as gathered:
         gathered.add(cache)
         redo = gathered.missing({})
     assert windows[0] in redo
@@ -136,6 +136,33 @@ def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp
     for plan in plan_scene_batches(scene, windows, 2, 64):
         run_batch(STORE, scene, plan, SPEC, ClassicalModel(), other)
     assert not merge_cached(other, windows, uri, scene, {}).updated
+
+@pytest.mark.parametrize("max_update", [1_000_000, 500])
+def test_findings_are_held_for_an_update_and_spooled_past_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_update: int
+) -> None:
+    """A first merge spools; a rerun holds its findings for the update unless they are too many,
+    then spools them all and merges the scene whole: the same file either way."""
+    monkeypatch.setattr(scene_findings, "MAX_UPDATE_FINDINGS", max_update)
+    monkeypatch.setattr(scene_findings, "MAX_PENDING", 300)  # spooled findings reach the spool's files
+    scene = describe_scene(NAIP)
+    windows = tuple(plan_grid(scene.width, scene.height, SPEC))
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "classical-1", scene.fingerprint)
+    late = windows[::5]
+    uri = str(tmp_path / "findings.parquet")
+    for tiles in ([w for w in windows if w not in late], late):
+        for plan in plan_scene_batches(scene, tiles, 2, 64):
+            run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+        with CachedScene(windows, STORE, uri) as gathered:
+            gathered.add(cache)
+            first = tiles is not late
+            held = not first and max_update > sum(gathered.per_tile.values())
+            assert (gathered.held is not None) == held and bool(gathered.rows.files) != held
+            merged = gathered.merge_into(scene, {}, MergeOptions(), cache_folder=cache.prefix)
+        assert merged.updated == held and merged.findings_before_merge > 500
+    whole = merge_findings(prefer_whole(cached_findings(cache, windows), {w.tile_id: w for w in windows}, scene.width, scene.height))
+    assert canonical(table_findings(pq.read_table(uri))) == canonical(whole)
+
 
 @pytest.mark.parametrize(("row_flush", "max_pending"), [(8_192, 32_768), (50, 10_000), (10_000, 300)])
 def test_the_spool_gives_back_each_tile_row_top_first(
@@ -184,9 +211,9 @@ def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str
     raw = cached_findings(cache, windows)
     uri = str(tmp_path / "findings.parquet")
     options = MergeOptions(strategy=strategy, border_aware=False)  # type: ignore[arg-type]
-    with CachedScene(windows) as gathered:
+    with CachedScene(windows, STORE, uri) as gathered:
         gathered.add(cache)
-        gathered.merge_into(STORE, uri, scene, {}, options)
+        gathered.merge_into(scene, {}, options)
     expected = merge_findings(raw, strategy)  # type: ignore[arg-type]
     assert canonical(table_findings(pq.read_table(uri))) == canonical(expected)
 
