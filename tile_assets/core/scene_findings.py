@@ -147,9 +147,11 @@ class CachedScene:
         updated = self._update(scene, basis, options) if cache_folder else None
         if updated is None:
             self._spool()
-        merged = updated if updated is not None else merge_scene(
-            self.rows.top_first(), by_id, scene.width, scene.height, options, extra
-        )
+            merged: Iterable[pa.Table] = merge_scene(
+                self.rows.top_first(), by_id, scene.width, scene.height, options, extra
+            )
+        else:
+            merged = updated
         metadata = {BASIS_METADATA: basis.to_json()} if cache_folder else None
         written = write_findings(self.store, self.findings_uri, scene, counted(merged), metadata)
         results = tuple(

@@ -137,6 +137,7 @@ def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp
         run_batch(STORE, scene, plan, SPEC, ClassicalModel(), other)
     assert not merge_cached(other, windows, uri, scene, {}).updated
 
+
 @pytest.mark.parametrize("max_update", [1_000_000, 500])
 def test_findings_are_held_for_an_update_and_spooled_past_its_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_update: int
