@@ -283,7 +283,7 @@ def merge_findings(
         if lost:
             infer_lost(context, imagery, tile_model, scene, tiles, lost, failed)
             gathered.add(cache.for_batch(lost))  # only the folder those tiles were written to
-        merged = gathered.merge_into(scene, failed, options, extra, cache.prefix)
+        merged = gathered.merge_into(scene, failed, options, extra, cache.identity)
     lost_ids = {w.tile_id for w in lost}
     inferred_here = sum(r.tile_id in lost_ids and r.status == "ok" for r in merged.results)
     results = merged.results

@@ -105,9 +105,13 @@ class TileCache:
     _tables: dict[str, pa.Table] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
+    def identity(self) -> str:
+        """The cache's folder under the catalog root: model identity and source version, not where the catalog is."""
+        return join_uri("cache", self.model_key, self.fingerprint.replace(":", "-"))
+
+    @property
     def prefix(self) -> str:
-        version = self.fingerprint.replace(":", "-")
-        return join_uri(self.catalog, "cache", self.model_key, version)
+        return join_uri(self.catalog, self.identity)
 
     def for_batch(self, windows: Sequence[TileWindow]) -> TileCache:
         """The view of one batch: its chunks go to a folder named after its tiles.

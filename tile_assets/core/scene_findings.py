@@ -121,13 +121,14 @@ class CachedScene:
         failed: Mapping[str, TileResult],
         options: MergeOptions,
         extra: pa.Table | None = None,
-        cache_folder: str = "",
+        cache_identity: str = "",
     ) -> MergedScene:
         """Merge the gathered findings (plus `extra`) and write them to `findings_uri`.
 
         Tiles take their result from the cache, else from `failed`, else
         they are a `no_result` failure. The file records what it was merged
-        from (the cache folder, the grid, the options, each tile's cache file); when
+        from (`cache_identity`: the cache's folder under the catalog root, the
+        grid, the options, each tile's cache file); when
         the file already there was merged from the same findings minus some
         tiles' (a rerun after failures), only what those tiles' findings
         reach is merged again (`update_merge`).
@@ -141,10 +142,10 @@ class CachedScene:
 
         by_id = {w.tile_id: w for w in self.windows}
         basis = MergeBasis(
-            cache_folder, window_digest(self.windows), asdict(options), dict(self.chunk_of), extra is not None
+            cache_identity, window_digest(self.windows), asdict(options), dict(self.chunk_of), extra is not None
         )
         before = sum(self.per_tile.values())
-        updated = self._update(scene, basis, options) if cache_folder else None
+        updated = self._update(scene, basis, options) if cache_identity else None
         if updated is None:
             self._spool()
             merged: Iterable[pa.Table] = merge_scene(
@@ -152,7 +153,7 @@ class CachedScene:
             )
         else:
             merged = updated
-        metadata = {BASIS_METADATA: basis.to_json()} if cache_folder else None
+        metadata = {BASIS_METADATA: basis.to_json()} if cache_identity else None
         written = write_findings(self.store, self.findings_uri, scene, counted(merged), metadata)
         results = tuple(
             self.cached.get(w.tile_id) or failed.get(w.tile_id) or no_result(w) for w in self.windows

@@ -62,7 +62,8 @@ class MergeBasis:
     """What a findings.parquet was merged from: which cache, which tiles of which grid, how."""
 
     cache: str
-    """The tile cache's folder: source fingerprint and model identity."""
+    """The tile cache's folder under the catalog root (`TileCache.identity`): model identity and
+    source version; a catalog moved or named by another path keeps it."""
     grid: str
     """Digest of the tile windows (`window_digest`)."""
     options: dict

@@ -88,7 +88,7 @@ def _chunk_tiles(path: Path) -> str:
 def merge_cached(cache: TileCache, windows: tuple[TileWindow, ...], uri: str, scene, failed: dict) -> scene_findings.MergedScene:  # noqa: ANN001
     with CachedScene(windows, STORE, uri) as gathered:
         gathered.add(cache)
-        return gathered.merge_into(scene, failed, MergeOptions(), cache_folder=cache.prefix)
+        return gathered.merge_into(scene, failed, MergeOptions(), cache_identity=cache.identity)
 
 
 def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp_path: Path) -> None:
@@ -138,6 +138,27 @@ def test_a_rerun_updates_the_previous_merge_and_writes_the_whole_scene_merge(tmp
     assert not merge_cached(other, windows, uri, scene, {}).updated
 
 
+def test_a_moved_catalog_still_updates_its_merge(tmp_path: Path) -> None:
+    """The basis names the cache by its place under the catalog root, so a catalog moved (or named
+    by another path) is updated, not merged whole, by the rerun that follows."""
+    scene = describe_scene(NAIP)
+    windows = tuple(plan_grid(scene.width, scene.height, SPEC))
+    before = tmp_path / "before"
+    cache = TileCache(STORE, str(before / "catalog"), "classical-1", scene.fingerprint)
+    late = windows[::4]
+    for plan in plan_scene_batches(scene, [w for w in windows if w not in late], 2, 64):
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), cache)
+    assert not merge_cached(cache, windows, str(before / "findings.parquet"), scene, {}).updated
+
+    after = tmp_path / "after"
+    before.rename(after)
+    moved = TileCache(STORE, str(after / "catalog"), cache.model_key, scene.fingerprint)
+    assert moved.identity == cache.identity and moved.prefix != cache.prefix
+    for plan in plan_scene_batches(scene, late, 2, 64):
+        run_batch(STORE, scene, plan, SPEC, ClassicalModel(), moved)
+    assert merge_cached(moved, windows, str(after / "findings.parquet"), scene, {}).updated
+
+
 @pytest.mark.parametrize("max_update", [1_000_000, 500])
 def test_findings_are_held_for_an_update_and_spooled_past_its_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_update: int
@@ -159,7 +180,7 @@ def test_findings_are_held_for_an_update_and_spooled_past_its_limit(
             first = tiles is not late
             held = not first and max_update > sum(gathered.per_tile.values())
             assert (gathered.held is not None) == held and bool(gathered.rows.files) != held
-            merged = gathered.merge_into(scene, {}, MergeOptions(), cache_folder=cache.prefix)
+            merged = gathered.merge_into(scene, {}, MergeOptions(), cache_identity=cache.identity)
         assert merged.updated == held and merged.findings_before_merge > 500
     whole = merge_findings(prefer_whole(cached_findings(cache, windows), {w.tile_id: w for w in windows}, scene.width, scene.height))
     assert canonical(table_findings(pq.read_table(uri))) == canonical(whole)
