@@ -154,13 +154,16 @@ def print_summary(outcomes: list[SceneOutcome], catalog: str) -> None:
         table.add_row(o.key, str(o.tiles), str(o.findings), f"{o.coverage:.0%}" if o.success else "-", status)
     out = Console()
     out.print(table)
-    out.print(f"Catalog: {catalog}")
-    out.print(f"  collection: {join_uri(catalog, 'collection.json')}")
-    out.print(f"  scenes table: {join_uri(catalog, 'scenes.parquet')}")
-    out.print(
-        "Web UI: DAGSTER_HOME=" + os.environ["DAGSTER_HOME"]
-        + " .venv/bin/dagster dev -w workspace.yaml   (then open http://127.0.0.1:3000)"
-    )
+    # Paths and the command on lines of their own, never wrapped: they are copied and pasted.
+    lines = [
+        f"Catalog: {catalog}",
+        f"  collection: {join_uri(catalog, 'collection.json')}",
+        f"  scenes table: {join_uri(catalog, 'scenes.parquet')}",
+        f"Web UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev -w workspace.yaml"
+        "   (then open http://127.0.0.1:3000)",
+    ]
+    for line in lines:
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def resolved_imagery(defs: dg.Definitions) -> ImageryStore:

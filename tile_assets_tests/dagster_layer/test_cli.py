@@ -218,16 +218,22 @@ def test_resume_unknown_run(dagster_home: Path) -> None:
 def test_summary_never_cuts_scene_keys(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """On a narrow terminal (or a CI log, 80 columns) long keys wrap instead of ending in "…"."""
+    """On a narrow terminal (or a CI log, 80 columns) long keys wrap instead of ending in "…",
+    and paths and the web UI command are printed whole, never broken across lines."""
     monkeypatch.setenv("COLUMNS", "60")
     monkeypatch.setenv("DAGSTER_HOME", "/nonexistent")
     key = scene_key("/inbox/a_rather_long_scene_file_name_from_a_drone_survey_2024.tif")
     outcome = cli.SceneOutcome(
         key=key, uri="/inbox/x.tif", run_id="r", success=False, reason="x " * 40
     )
-    cli.print_summary([outcome], "/catalog")
+    catalog = "/data/survey [2024]/" + "a_long_folder_name/" * 4 + "catalog"
+    cli.print_summary([outcome], catalog)
     printed = capsys.readouterr().out
     assert "…" not in printed
+    # Paths and the web UI command come whole, each on one line, to be copied and pasted.
+    assert f"Catalog: {catalog}\n" in printed
+    assert f"  scenes table: {catalog}/scenes.parquet\n" in printed
+    assert "Web UI: DAGSTER_HOME=/nonexistent .venv/bin/dagster dev -w workspace.yaml " in printed
     cells = "".join(
         line.split("│")[1].strip()
         for line in printed.splitlines()
