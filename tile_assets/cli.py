@@ -8,6 +8,7 @@ the web UI's history exactly as sensor-launched runs do.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -22,10 +23,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tile_assets.assets import CODE_VERSION
 from tile_assets.assets.findings import BatchingConfig
 from tile_assets.core.errors import StoreError, TileAssetsError
 from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
-from tile_assets.core.keys import scene_key
+from tile_assets.core.keys import model_key, scene_key
+from tile_assets.core.models.registry import load_model
 from tile_assets.core.registry import register_scene
 from tile_assets.core.store import Store, join_uri
 from tile_assets.definitions import build_definitions, catalog_job, scene_job
@@ -44,6 +47,8 @@ PARENT_OUTCOME_TAGS = frozenset(
 """How the parent run ended; not carried over to its re-execution (the UI's re-execute drops them too)."""
 LOCATION_TAGS = {"tile_assets/inbox": "TILE_ASSETS_INBOX", "tile_assets/catalog": "TILE_ASSETS_CATALOG"}
 """Run tags naming the inbox and catalog a CLI run used, and the variables `resume` restores them to."""
+REQUEST_TAG = "tile_assets/request"
+"""Run tag: digest of what a CLI scene run computes from besides the image (`request_digest`)."""
 console = Console(stderr=True)
 
 
@@ -68,6 +73,8 @@ class SceneOutcome:
     coverage: float = 0.0
     reason: str = ""
     rejected: bool = False
+    up_to_date: bool = False
+    """Not run: its last run stands (`last_outcome`)."""
 
 
 def run_config(args: argparse.Namespace) -> dict:
@@ -112,6 +119,68 @@ def discover(store: Store, inbox: str) -> list[SceneChange]:
     return changes
 
 
+def request_digest(config: dict) -> str:
+    """What a scene's results depend on besides its image: the run config (not the executor), the
+    model's identity (name, version, params, as the tile cache keys it) and the assets' code version.
+
+    "" when the model does not load: no run is then taken as up to date, and
+    each scene's run reports why the model failed.
+    """
+    model_config = config["resources"]["tile_model"]["config"]
+    try:
+        model = load_model(model_config["name"], json.loads(model_config["params_json"]))
+    except Exception:  # noqa: BLE001 - the scene runs report it, each with its reason
+        return ""
+    what = {
+        "config": {k: v for k, v in config.items() if k != "execution"},
+        "model": model_key(model.name, model.version, model.params()),
+        "code_version": CODE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def last_outcome(
+    instance: dg.DagsterInstance, imagery: ImageryStore, change: SceneChange, request: str
+) -> SceneOutcome | None:
+    """The scene as its last run left it, when a new run would redo the same work; else None.
+
+    That is when the partition's latest run (from anywhere: CLI, sensor, UI)
+    is a successful CLI run of the same request and image version, and the
+    catalog still says the scene is complete with every tile analysed and
+    its STAC Item is there. A scene with failed tiles always runs again.
+    """
+    if not request:
+        return None
+    key = change.partition_key
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name=process_scene.name, tags={"dagster/partition": key}), limit=1
+    )
+    if not runs:
+        return None
+    last = runs[0]
+    if not last.is_success or (last.tags.get(REQUEST_TAG), last.tags.get("tile_assets/version")) != (
+        request, change.version
+    ):
+        return None
+    store = imagery.catalog_store()
+    status = read_json(store, imagery.scene_uri(key, "status.json"))
+    if status.get("status") != "complete" or status.get("coverage") != 1.0:
+        return None
+    if not store.exists(str(status.get("item", ""))):
+        return None
+    synthesis = read_json(store, imagery.scene_uri(key, "synthesis.json"))
+    return SceneOutcome(key, change.obj.uri, last.run_id, True, **synthesis_counts(synthesis), up_to_date=True)
+
+
+def synthesis_counts(synthesis: dict) -> dict:
+    """The summary's figures of a scene, from its synthesis.json."""
+    return {
+        "tiles": int(synthesis.get("tiles_planned", 0)),
+        "findings": int(synthesis.get("total_findings", 0)),
+        "coverage": float(synthesis.get("coverage", 0.0)),
+    }
+
+
 def read_json(store: Store, uri: str) -> dict:
     try:
         return json.loads(store.read_bytes(uri))
@@ -135,9 +204,7 @@ def outcome_of(imagery: ImageryStore, change: SceneChange, result: dg.ExecuteJob
         uri=change.obj.uri,
         run_id=result.run_id,
         success=result.success,
-        tiles=int(synthesis.get("tiles_planned", 0)),
-        findings=int(synthesis.get("total_findings", 0)),
-        coverage=float(synthesis.get("coverage", 0.0)),
+        **synthesis_counts(synthesis),
         reason=reason,
         rejected=rejected,
     )
@@ -149,6 +216,8 @@ def print_summary(outcomes: list[SceneOutcome], catalog: str) -> None:
         table.add_column(column, overflow="fold")  # a scene key cut short by "…" cannot be looked up
     for o in outcomes:
         status = "[green]ok[/green]" if o.success else f"[red]failed[/red]: {o.reason}"
+        if o.up_to_date:
+            status = "[green]up to date[/green]"
         if o.rejected:
             status = f"[yellow]{escape(o.reason)}[/yellow]"  # "rejected by <check>: <reasons>"
         table.add_row(o.key, str(o.tiles), str(o.findings), f"{o.coverage:.0%}" if o.success else "-", status)
@@ -200,15 +269,21 @@ def command_run(args: argparse.Namespace) -> int:
         register_scene(catalog_store, catalog, change.partition_key, change.obj)
     instance.add_dynamic_partitions(scenes.name, [c.partition_key for c in changes])
     config = run_config(args)
+    request = request_digest(config)
     locations = {tag: os.environ[variable] for tag, variable in LOCATION_TAGS.items()}
     outcomes = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("scenes", total=len(changes))
         for change in changes:
+            previous = None if args.force else last_outcome(instance, imagery, change, request)
+            if previous is not None:
+                outcomes.append(previous)
+                progress.advance(task)
+                continue
             progress.update(task, description=f"scene {change.partition_key}")
             tags = {**scene_run_tags(change), **locations, "tile_assets/trigger": "cli",
-                    "dagster/partition": change.partition_key}
+                    "dagster/partition": change.partition_key, REQUEST_TAG: request}
             result = dg.execute_job(
                 dg.reconstructable(scene_job), instance, run_config=config, tags=tags, raise_on_error=False
             )
@@ -223,6 +298,11 @@ def command_run(args: argparse.Namespace) -> int:
             raise_on_error=False,
         )
     print_summary(outcomes, catalog)
+    current = sum(o.up_to_date for o in outcomes)
+    if current:
+        console.print(
+            f"{current} of {len(outcomes)} scenes up to date: their last runs stand (--force runs them again)"
+        )
     if not catalog_result.success:
         console.print("[red]the catalog refresh failed; see the run in the web UI[/red]")
         return 1
@@ -262,7 +342,9 @@ def command_resume(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tile-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="register every image under PREFIX and materialize all its assets")
+    run = sub.add_parser(
+        "run", help="register every image under PREFIX and materialize the assets of the new, changed or incomplete ones"
+    )
     run.add_argument("prefix", nargs="?", help="inbox folder or s3://bucket/prefix (default $TILE_ASSETS_INBOX or data/inbox)")
     run.add_argument("--catalog", help="catalog root, folder or s3:// (default $TILE_ASSETS_CATALOG or data/catalog)")
     run.add_argument("--tile-size", type=int, default=512, help="tile side in pixels; 0 chooses from image size and resolution")
@@ -280,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-tiles-per-batch", type=int, default=batching.max_tiles_per_batch)
     run.add_argument("--executor", choices=["in_process", "multiprocess"], default="in_process")
+    run.add_argument(
+        "--force", action="store_true",
+        help="run every scene, also those whose last run of the same image and options is complete",
+    )
     run.set_defaults(func=command_run)
     resume = sub.add_parser("resume", help="re-execute a failed or killed run from failure")
     resume.add_argument("run_id")

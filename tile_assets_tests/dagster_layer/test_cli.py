@@ -215,6 +215,77 @@ def test_resume_unknown_run(dagster_home: Path) -> None:
     assert cli.main(["resume", "00000000-0000-0000-0000-000000000000"]) == 2
 
 
+def test_a_second_run_leaves_complete_scenes_alone(
+    tmp_path: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` again starts no run for a scene whose last run of the same image and options is
+    complete; other options, a changed image, failed tiles or `--force` run it again."""
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    first, second = copy_images(inbox, INBOX / "rgb-byte-tenth.tif", INBOX / "page_text.png")
+    run = ["run", str(inbox), "--catalog", str(catalog)]
+
+    def runs_by_scene(*args: str) -> dict[str, int]:
+        capsys.readouterr()
+        assert cli.main([*run, *args]) == 0
+        return {
+            name: sum(r.tags["dagster/partition"] == scene_key(str(inbox / name)) for r in scene_runs(instance))
+            for name in (first.name, second.name)
+        }
+
+    assert runs_by_scene() == {first.name: 1, second.name: 1}
+    findings = (catalog / "scenes" / scene_key(str(first)) / "findings.parquet").stat().st_mtime_ns
+    assert runs_by_scene() == {first.name: 1, second.name: 1}
+    printed = capsys.readouterr()
+    assert "2 of 2 scenes up to date" in printed.err
+    assert printed.out.count("up to date") == 2 and scene_key(str(first)) in printed.out
+    assert (catalog / "scenes" / scene_key(str(first)) / "findings.parquet").stat().st_mtime_ns == findings
+
+    assert runs_by_scene("--tile-size", "256") == {first.name: 2, second.name: 2}  # other options
+    assert runs_by_scene("--tile-size", "256") == {first.name: 2, second.name: 2}
+    assert runs_by_scene("--tile-size", "256", "--force") == {first.name: 3, second.name: 3}
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # same bytes: same version
+    assert runs_by_scene("--tile-size", "256") == {first.name: 3, second.name: 3}
+    copy_images(tmp_path / "new", INBOX / "colorado_aerial_cl1.tif")[0].replace(first)  # new bytes, same name
+    assert runs_by_scene("--tile-size", "256") == {first.name: 4, second.name: 3}
+    (catalog / "scenes" / scene_key(str(second)) / "item.json").unlink()  # the catalog lost it
+    assert runs_by_scene("--tile-size", "256") == {first.name: 4, second.name: 4}
+    latest = next(r for r in scene_runs(instance) if r.tags["dagster/partition"] == scene_key(str(second)))
+    instance.report_run_failed(latest)  # its process died after the scene's files were written
+    assert runs_by_scene("--tile-size", "256") == {first.name: 4, second.name: 5}
+
+
+def test_the_request_names_the_options_and_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes a scene's last run stand: its options and the model's identity, not the executor."""
+    from tile_assets.core.models.classical import ClassicalModel
+
+    def digest(*args: str) -> str:
+        return cli.request_digest(cli.run_config(cli.build_parser().parse_args(["run", *args])))
+
+    default = digest()
+    assert len(default) == 16 and default == digest("--executor", "multiprocess")
+    assert default != digest("--model-params", json.dumps({"min_area_px": 20}))
+    assert default != digest("--overlap", "0.1")
+    monkeypatch.setattr(ClassicalModel, "version", "2.0.0")
+    assert default != digest()
+    assert digest("--model", "no-such-model") == ""  # never up to date: its runs say why it fails
+
+
+def test_a_scene_with_failed_tiles_runs_again(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """Tiles that failed are what a rerun is for: a scene below full coverage is never up to date."""
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    [image] = copy_images(inbox, INBOX / "page_text.png")
+    failing = json.dumps({"fail_tiles": ["r000c000"]})
+    run = ["run", str(inbox), "--catalog", str(catalog), "--tile-size", "128", "--overlap", "0",
+           "--model", "tile_assets_tests.fanout.faulty_models:FlakyModel", "--model-params", failing]
+    for attempt in (1, 2):
+        cli.main(run)
+        status = json.loads((catalog / "scenes" / scene_key(str(image)) / "status.json").read_text())
+        assert status["status"] == "complete" and status["coverage"] < 1
+        assert len(scene_runs(instance)) == attempt
+
+
 def test_summary_never_cuts_scene_keys(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
