@@ -130,6 +130,10 @@ def findings_arrow(scene: SceneInfo, findings: pa.Table) -> RowGroup:
 
 FINDINGS_ROW_GROUP = 16_384
 """Findings per row group of findings.parquet: what the writer holds encoded at once."""
+FINDINGS_DICTIONARY_COLUMNS = [f.name for f in FINDINGS_PARQUET_SCHEMA if pa.types.is_string(f.type)]
+"""The columns findings.parquet dictionary-encodes: its strings (labels, tile ids, attributes that
+repeat). Parquet's default tries every column, and on floats and WKB the dictionary overflows and
+falls back: 299,563 findings took 0.20 s to write (26.3 MB) instead of 0.12 s (23.9 MB)."""
 
 
 def write_findings(
@@ -153,7 +157,9 @@ def write_findings(
         nonlocal writer, rows
         group = findings_arrow(scene, pa.concat_tables(tables) if tables else empty_findings())
         if writer is None:
-            writer = pq.ParquetWriter(buf, group.table.schema, store_schema=False)
+            writer = pq.ParquetWriter(
+                buf, group.table.schema, store_schema=False, use_dictionary=FINDINGS_DICTIONARY_COLUMNS
+            )
         writer.write_table(group.table)
         rows += len(group.table)
         types.update(group.geometry_types)

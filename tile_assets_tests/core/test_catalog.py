@@ -295,6 +295,13 @@ def test_findings_are_written_a_row_group_at_a_time(
     metadata = pq.read_metadata(uri)
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4, 4, 4, 3]
     assert_geodataframe_equal(gpd.read_parquet(uri), shapely_frame(geo_scene, table))
+    group = metadata.row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema
+        for i in range(group.num_columns)
+        if "RLE_DICTIONARY" in group.column(i).encodings
+    }
+    assert dictionary == {"scene_key", "tile_id", "label", "model", "model_version", "attributes", "coord_space"}
 
 
 def test_parquet_and_json_round_trip(tmp_path: Path) -> None:
