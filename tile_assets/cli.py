@@ -30,7 +30,8 @@ from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import model_key, scene_key
 from tile_assets.core.models.registry import load_model
 from tile_assets.core.registry import register_scene
-from tile_assets.core.store import Store, join_uri
+from tile_assets.core.source_version import previous_scene
+from tile_assets.core.store import Store, is_s3_uri, join_uri
 from tile_assets.definitions import build_definitions, catalog_job, scene_job
 from tile_assets.executors import FORKSERVER
 from tile_assets.jobs import process_scene
@@ -107,13 +108,20 @@ def run_config(args: argparse.Namespace) -> dict:
     return config
 
 
-def discover(store: Store, inbox: str) -> list[SceneChange]:
-    """Every image under the inbox, with its partition key and version; says which objects it skips and why."""
+def discover(imagery: ImageryStore, inbox: str) -> list[SceneChange]:
+    """Every image under the inbox, with its partition key and version; says which objects it skips and why.
+
+    A local file the catalog already describes at its current size and mtime
+    keeps the content hash recorded then instead of being read whole again.
+    """
+    store, catalog = imagery.inbox_store(), imagery.catalog_store()
     changes = []
     for obj in store.list(inbox):
         reason = ignore_reason(obj)
         if reason is None:
-            changes.append(SceneChange(scene_key(obj.uri), obj, object_version(store, obj), is_new=True))
+            key = scene_key(obj.uri)
+            previous = None if is_s3_uri(obj.uri) else previous_scene(catalog, imagery.scene_uri(key, "source.json"))
+            changes.append(SceneChange(key, obj, object_version(store, obj, previous), is_new=True))
         elif reason != "folder marker":
             console.print(f"[yellow]skipped[/yellow] {escape(obj.uri)}: {reason}")
     return changes
@@ -257,7 +265,7 @@ def command_run(args: argparse.Namespace) -> int:
     imagery = resolved_imagery(defs)
     instance = dg.DagsterInstance.get()
     try:
-        changes = discover(imagery.inbox_store(), inbox)
+        changes = discover(imagery, inbox)
     except TileAssetsError as exc:
         console.print(f"[red]error[/red]: {exc}")
         return 2

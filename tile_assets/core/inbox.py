@@ -14,8 +14,9 @@ import zlib
 from dataclasses import dataclass, field
 
 from tile_assets.core.keys import scene_key
+from tile_assets.core.source_version import version_source
 from tile_assets.core.store import Store, is_image_name, is_s3_uri
-from tile_assets.core.types import ObjectInfo
+from tile_assets.core.types import ObjectInfo, SceneInfo
 
 
 @dataclass
@@ -61,11 +62,16 @@ class ScanResult:
     pass_complete: bool
 
 
-def object_version(store: Store, obj: ObjectInfo) -> str:
-    """The version that names a run: the ETag on S3, a short content hash locally."""
+def object_version(store: Store, obj: ObjectInfo, previous: SceneInfo | None = None) -> str:
+    """The version that names a run: the ETag on S3, a short content hash locally.
+
+    With `previous` (the scene as its last `source_images` described it), a
+    local file whose size and mtime are those its hash was taken at is not
+    read again (`version_source`).
+    """
     if is_s3_uri(obj.uri):
         return obj.etag
-    return store.fingerprint(obj.uri).split(":", 1)[1][:16]
+    return version_source(store, obj.uri, previous).fingerprint.split(":", 1)[1][:16]
 
 
 def ignore_reason(obj: ObjectInfo) -> str | None:

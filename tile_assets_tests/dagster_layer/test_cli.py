@@ -21,6 +21,7 @@ import pytest
 
 from tile_assets import cli
 from tile_assets.core.keys import scene_key
+from tile_assets.core.store import LocalStore
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
 from tile_assets_tests.dagster_layer.fixtures import (
@@ -216,13 +217,18 @@ def test_resume_unknown_run(dagster_home: Path) -> None:
 
 
 def test_a_second_run_leaves_complete_scenes_alone(
-    tmp_path: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`run` again starts no run for a scene whose last run of the same image and options is
-    complete; other options, a changed image, failed tiles or `--force` run it again."""
+    complete, and reads no image whole to tell; other options, a changed image, failed tiles
+    or `--force` run it again."""
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     first, second = copy_images(inbox, INBOX / "rgb-byte-tenth.tif", INBOX / "page_text.png")
     run = ["run", str(inbox), "--catalog", str(catalog)]
+    hashed: list[str] = []
+    fingerprint = LocalStore.fingerprint
+    monkeypatch.setattr(LocalStore, "fingerprint", lambda store, uri: hashed.append(uri) or fingerprint(store, uri))
 
     def runs_by_scene(*args: str) -> dict[str, int]:
         capsys.readouterr()
@@ -233,8 +239,11 @@ def test_a_second_run_leaves_complete_scenes_alone(
         }
 
     assert runs_by_scene() == {first.name: 1, second.name: 1}
+    assert sorted(hashed) == sorted([str(first), str(second)] * 2)  # discover, then source_images
     findings = (catalog / "scenes" / scene_key(str(first)) / "findings.parquet").stat().st_mtime_ns
+    hashed.clear()
     assert runs_by_scene() == {first.name: 1, second.name: 1}
+    assert not hashed
     printed = capsys.readouterr()
     assert "2 of 2 scenes up to date" in printed.err
     assert printed.out.count("up to date") == 2 and scene_key(str(first)) in printed.out
@@ -243,8 +252,10 @@ def test_a_second_run_leaves_complete_scenes_alone(
     assert runs_by_scene("--tile-size", "256") == {first.name: 2, second.name: 2}  # other options
     assert runs_by_scene("--tile-size", "256") == {first.name: 2, second.name: 2}
     assert runs_by_scene("--tile-size", "256", "--force") == {first.name: 3, second.name: 3}
+    assert not hashed
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # same bytes: same version
     assert runs_by_scene("--tile-size", "256") == {first.name: 3, second.name: 3}
+    assert hashed == [str(first)]
     copy_images(tmp_path / "new", INBOX / "colorado_aerial_cl1.tif")[0].replace(first)  # new bytes, same name
     assert runs_by_scene("--tile-size", "256") == {first.name: 4, second.name: 3}
     (catalog / "scenes" / scene_key(str(second)) / "item.json").unlink()  # the catalog lost it
