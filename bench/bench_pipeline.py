@@ -140,9 +140,9 @@ def side_pipeline(scene: str, work: str) -> None:
     cli.ensure_dagster_home()
     args = cli.build_parser().parse_args(["run", str(inbox), "--executor", "multiprocess"])
     imagery: ImageryStore = cli.build_definitions(cli.Settings.from_environment()).resources["imagery"]  # type: ignore[assignment]
-    (change,) = cli.discover(imagery.inbox_store(), str(inbox))
+    (change,) = cli.discover(imagery, str(inbox))
     instance = dg.DagsterInstance.get()
-    register_scene(imagery.catalog_store(), str(catalog), change.partition_key, change.obj)
+    register_scene(imagery.catalog_store(), str(catalog), change.partition_key, change.obj, change.fingerprint)
     instance.add_dynamic_partitions("scenes", [change.partition_key])
 
     base = rss()

@@ -30,7 +30,6 @@ from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import model_key, scene_key
 from tile_assets.core.models.registry import load_model
 from tile_assets.core.registry import register_scene
-from tile_assets.core.source_version import previous_scene
 from tile_assets.core.store import Store, is_s3_uri, join_uri
 from tile_assets.definitions import build_definitions, catalog_job, scene_job
 from tile_assets.executors import FORKSERVER
@@ -111,17 +110,19 @@ def run_config(args: argparse.Namespace) -> dict:
 def discover(imagery: ImageryStore, inbox: str) -> list[SceneChange]:
     """Every image under the inbox, with its partition key and version; says which objects it skips and why.
 
-    A local file the catalog already describes at its current size and mtime
-    keeps the content hash recorded then instead of being read whole again.
+    A local file the catalog already describes or registered at its current
+    size and mtime keeps the content hash recorded then instead of being read
+    whole again.
     """
-    store, catalog = imagery.inbox_store(), imagery.catalog_store()
+    store = imagery.inbox_store()
     changes = []
     for obj in store.list(inbox):
         reason = ignore_reason(obj)
         if reason is None:
             key = scene_key(obj.uri)
-            previous = None if is_s3_uri(obj.uri) else previous_scene(catalog, imagery.scene_uri(key, "source.json"))
-            changes.append(SceneChange(key, obj, object_version(store, obj, previous), is_new=True))
+            known = [] if is_s3_uri(obj.uri) else imagery.recorded_fingerprints(key)
+            version, fingerprint = object_version(store, obj, known)
+            changes.append(SceneChange(key, obj, version, is_new=True, fingerprint=fingerprint))
         elif reason != "folder marker":
             console.print(f"[yellow]skipped[/yellow] {escape(obj.uri)}: {reason}")
     return changes
@@ -274,7 +275,7 @@ def command_run(args: argparse.Namespace) -> int:
         return 1
     catalog_store = imagery.catalog_store()
     for change in changes:
-        register_scene(catalog_store, catalog, change.partition_key, change.obj)
+        register_scene(catalog_store, catalog, change.partition_key, change.obj, change.fingerprint)
     instance.add_dynamic_partitions(scenes.name, [c.partition_key for c in changes])
     config = run_config(args)
     request = request_digest(config)

@@ -97,7 +97,10 @@ def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore
     try:
         scan = scan_inbox(imagery.inbox_store(), imagery.inbox, state, MAX_OBJECTS_PER_TICK)
         catalog_store = imagery.catalog_store()
-        run_all(lambda c: register_scene(catalog_store, imagery.catalog, c.partition_key, c.obj), scan.changes)
+        run_all(
+            lambda c: register_scene(catalog_store, imagery.catalog, c.partition_key, c.obj, c.fingerprint),
+            scan.changes,
+        )
         run_all(lambda key: forget_scene(catalog_store, imagery.catalog, key), scan.deleted)
     except TileAssetsError as exc:
         context.log.error(f"inbox scan failed, cursor kept for the next tick: {exc}")

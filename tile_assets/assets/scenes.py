@@ -10,7 +10,6 @@ from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.gate.base import GateDecision
 from tile_assets.core.gate.screen import screen_source
 from tile_assets.core.registry import lookup_scene
-from tile_assets.core.source_version import previous_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
 
@@ -68,8 +67,9 @@ def source_images(
     A rejected scene stops here, listed as rejected with the check and the
     reasons; no tile is planned for it. Records size, bands, CRS, transform,
     nodata and a content fingerprint (sha256 for local files, the ETag on
-    S3). A local file whose size and mtime are those of its last description
-    keeps that description's fingerprint instead of being read whole again
+    S3). A local file whose size and mtime are those of its last description,
+    or of its registration by the sensor or the CLI (which hashed it to
+    version it), keeps that fingerprint instead of being read whole again
     (`fingerprint_reused`); config `rehash: true` hashes it regardless.
     Writes `scenes/<key>/source.json`.
     """
@@ -79,8 +79,8 @@ def source_images(
     try:
         registered = lookup_scene(catalog_store, imagery.catalog, key)
         configured = gate.load(imagery)
-        previous = None if config.rehash else previous_scene(catalog_store, source_json)
-        screening = screen_source(imagery.store_for(registered.uri), registered.uri, key, configured, previous)
+        known = [] if config.rehash else imagery.recorded_fingerprints(key)
+        screening = screen_source(imagery.store_for(registered.uri), registered.uri, key, configured, known)
         metadata = gate_metadata(screening.decision, configured.policy)
         scene = screening.scene
         if scene is None or not screening.decision.passed:

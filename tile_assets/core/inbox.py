@@ -14,9 +14,11 @@ import zlib
 from dataclasses import dataclass, field
 
 from tile_assets.core.keys import scene_key
-from tile_assets.core.source_version import version_source
+from collections.abc import Sequence
+
+from tile_assets.core.source_version import Fingerprint, version_source
 from tile_assets.core.store import Store, is_image_name, is_s3_uri
-from tile_assets.core.types import ObjectInfo, SceneInfo
+from tile_assets.core.types import ObjectInfo
 
 
 @dataclass
@@ -45,12 +47,14 @@ class InboxState:
 
 @dataclass(frozen=True)
 class SceneChange:
-    """An image to (re)process: its partition key, object and version."""
+    """An image to (re)process: its partition key, object and version, and the content hash
+    that version came from (local files; None on S3, where the version is the ETag)."""
 
     partition_key: str
     obj: ObjectInfo
     version: str
     is_new: bool
+    fingerprint: Fingerprint | None = None
 
 
 @dataclass
@@ -62,16 +66,18 @@ class ScanResult:
     pass_complete: bool
 
 
-def object_version(store: Store, obj: ObjectInfo, previous: SceneInfo | None = None) -> str:
-    """The version that names a run: the ETag on S3, a short content hash locally.
+def object_version(
+    store: Store, obj: ObjectInfo, known: Sequence[Fingerprint] = ()
+) -> tuple[str, Fingerprint | None]:
+    """The version that names a run (the ETag on S3, a short content hash locally) and the hash it came from.
 
-    With `previous` (the scene as its last `source_images` described it), a
-    local file whose size and mtime are those its hash was taken at is not
-    read again (`version_source`).
+    A local file whose size and mtime are those a `known` hash was taken at
+    is not read again (`version_source`).
     """
     if is_s3_uri(obj.uri):
-        return obj.etag
-    return version_source(store, obj.uri, previous).fingerprint.split(":", 1)[1][:16]
+        return obj.etag, None
+    source = version_source(store, obj.uri, known)
+    return source.fingerprint.split(":", 1)[1][:16], source.recorded()
 
 
 def ignore_reason(obj: ObjectInfo) -> str | None:
@@ -111,9 +117,9 @@ def scan_inbox(store: Store, inbox: str, state: InboxState, max_objects: int = 1
                 seen_set.add(key)
             previous = known.get(key)
             if previous is None or previous[0] != obj.etag:
-                version = object_version(store, obj)
+                version, fingerprint = object_version(store, obj)
                 if previous is None or previous[1] != version:
-                    changes.append(SceneChange(key, obj, version, is_new=previous is None))
+                    changes.append(SceneChange(key, obj, version, is_new=previous is None, fingerprint=fingerprint))
                 known[key] = [obj.etag, version]
         if listed >= max_objects:
             break

@@ -2,7 +2,9 @@
 
 Partition keys are short and sanitized, so the original URI and the version
 that was registered are written to `<catalog>/_registry/<key>.json` by
-whoever registers the partition (sensor or CLI).
+whoever registers the partition (sensor or CLI). A local file's entry also
+keeps the content hash its registrant took to version it, so that
+`source_images` need not read the file whole a second time.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 
 from tile_assets.core.errors import StoreError
+from tile_assets.core.source_version import Fingerprint
 from tile_assets.core.store import Store, join_uri
 from tile_assets.core.types import ObjectInfo
 
@@ -18,9 +21,13 @@ def registry_uri(catalog: str, partition_key: str) -> str:
     return join_uri(catalog, "_registry", f"{partition_key}.json")
 
 
-def register_scene(store: Store, catalog: str, partition_key: str, obj: ObjectInfo) -> None:
-    """Record the object a partition stands for (idempotent)."""
-    payload = {"partition_key": partition_key, **obj.to_dict()}
+def register_scene(
+    store: Store, catalog: str, partition_key: str, obj: ObjectInfo, fingerprint: Fingerprint | None = None
+) -> None:
+    """Record the object a partition stands for and, if one was taken, its fingerprint (idempotent)."""
+    payload: dict = {"partition_key": partition_key, **obj.to_dict()}
+    if fingerprint is not None:
+        payload["fingerprint"] = fingerprint.to_dict()
     store.write_bytes(
         registry_uri(catalog, partition_key),
         json.dumps(payload, sort_keys=True).encode(),
@@ -36,6 +43,14 @@ def lookup_scene(store: Store, catalog: str, partition_key: str) -> ObjectInfo:
     except StoreError as exc:
         raise StoreError(partition_key, "scene is not registered (run the sensor or the CLI first)") from exc
     return ObjectInfo.from_dict(data)
+
+
+def registered_fingerprint(store: Store, catalog: str, partition_key: str) -> Fingerprint | None:
+    """The fingerprint recorded with a partition's registration; None if none was (S3, older entries) or unreadable."""
+    try:
+        return Fingerprint.from_dict(json.loads(store.read_bytes(registry_uri(catalog, partition_key)))["fingerprint"])
+    except (StoreError, ValueError, TypeError, KeyError):
+        return None
 
 
 def forget_scene(store: Store, catalog: str, partition_key: str) -> None:

@@ -7,6 +7,7 @@ interpreter start-up). Only the smallest sample images are used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -222,7 +223,8 @@ def test_a_second_run_leaves_complete_scenes_alone(
 ) -> None:
     """`run` again starts no run for a scene whose last run of the same image and options is
     complete, and reads no image whole to tell; other options, a changed image, failed tiles
-    or `--force` run it again."""
+    or `--force` run it again. A new or changed image is read whole once: the hash that
+    versions it is registered and `source_images` reuses it."""
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     first, second = copy_images(inbox, INBOX / "rgb-byte-tenth.tif", INBOX / "page_text.png")
     run = ["run", str(inbox), "--catalog", str(catalog)]
@@ -239,7 +241,7 @@ def test_a_second_run_leaves_complete_scenes_alone(
         }
 
     assert runs_by_scene() == {first.name: 1, second.name: 1}
-    assert sorted(hashed) == sorted([str(first), str(second)] * 2)  # discover, then source_images
+    assert sorted(hashed) == sorted([str(first), str(second)])  # by discover; source_images reuses it
     findings = (catalog / "scenes" / scene_key(str(first)) / "findings.parquet").stat().st_mtime_ns
     hashed.clear()
     assert runs_by_scene() == {first.name: 1, second.name: 1}
@@ -256,8 +258,12 @@ def test_a_second_run_leaves_complete_scenes_alone(
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # same bytes: same version
     assert runs_by_scene("--tile-size", "256") == {first.name: 3, second.name: 3}
     assert hashed == [str(first)]
+    hashed.clear()
     copy_images(tmp_path / "new", INBOX / "colorado_aerial_cl1.tif")[0].replace(first)  # new bytes, same name
     assert runs_by_scene("--tile-size", "256") == {first.name: 4, second.name: 3}
+    assert hashed == [str(first)]
+    source = json.loads((catalog / "scenes" / scene_key(str(first)) / "source.json").read_text())
+    assert source["fingerprint"] == "sha256:" + hashlib.sha256(first.read_bytes()).hexdigest()
     (catalog / "scenes" / scene_key(str(second)) / "item.json").unlink()  # the catalog lost it
     assert runs_by_scene("--tile-size", "256") == {first.name: 4, second.name: 4}
     latest = next(r for r in scene_runs(instance) if r.tags["dagster/partition"] == scene_key(str(second)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 import tile_assets.sensors
 from tile_assets.assets.scenes import source_images
 from tile_assets.core.keys import scene_key
-from tile_assets.core.registry import lookup_scene
+from tile_assets.core.registry import lookup_scene, registered_fingerprint
 from tile_assets.core.store import LocalStore
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
@@ -116,6 +117,12 @@ def test_first_tick_adds_a_partition_and_a_run_per_image(inbox: Inbox) -> None:
         assert request.tags["tile_assets/size"] == "small"
         registered = lookup_scene(LocalStore(), str(inbox.catalog), key)
         assert registered.uri == str(inbox.folder / Path(registered.uri).name)
+        # the hash that gave the version is kept for source_images, which then need not hash again
+        fingerprint = registered_fingerprint(LocalStore(), str(inbox.catalog), key)
+        assert fingerprint is not None and fingerprint.uri == registered.uri
+        assert fingerprint.fingerprint == "sha256:" + hashlib.sha256(Path(registered.uri).read_bytes()).hexdigest()
+        assert fingerprint.fingerprint.removeprefix("sha256:")[:16] == version
+        assert fingerprint.source_version == LocalStore().head(registered.uri).etag
     assert inbox.partitions() == keys
     assert inbox.key("notes.txt") not in inbox.partitions()
     assert inbox.key("empty.tif") not in inbox.partitions()

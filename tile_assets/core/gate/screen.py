@@ -8,13 +8,14 @@ scene (and transient ones are retried).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from tile_assets.core.errors import InvalidSourceError, UnsupportedRasterError
 from tile_assets.core.gate.base import Gate, GateDecision, validation_outcome
 from tile_assets.core.gate.rendition import read_rendition
 from tile_assets.core.raster import describe, open_raster
-from tile_assets.core.source_version import version_source
+from tile_assets.core.source_version import Fingerprint, version_source
 from tile_assets.core.store import Store
 from tile_assets.core.types import SceneInfo
 
@@ -26,17 +27,17 @@ class Screening:
     scene: SceneInfo | None
     decision: GateDecision
     fingerprint_reused: bool = False
-    """The fingerprint is the previous description's, not recomputed (see `version_source`)."""
+    """The fingerprint is a recorded one (description or registry), not recomputed (see `version_source`)."""
 
 
 def screen_source(
-    store: Store, uri: str, partition_key: str, gate: Gate, previous: SceneInfo | None = None
+    store: Store, uri: str, partition_key: str, gate: Gate, known: Sequence[Fingerprint] = ()
 ) -> Screening:
     """Validate and describe the image at `uri`, then run `gate` on it; pixels are read only if a check asks.
 
-    `previous`, the scene's last description, lends its fingerprint if the object is still that version.
+    A `known` fingerprint (last description, registration) is reused if the object is still that version.
     """
-    source = version_source(store, uri, previous)
+    source = version_source(store, uri, known)
     head = source.head
     try:
         with open_raster(store, uri) as ds:
