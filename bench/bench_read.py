@@ -34,11 +34,16 @@ RUNS = 2
 TARGET = 0.95
 
 
-def _windows(side: int) -> list[tuple[int, int, int, int]]:
+def _windows(path: str) -> list[tuple[int, int, int, int]]:
+    """The grid ours reads: 512 px tiles, 20 % overlap, over the file's width and height."""
+    import rasterio
+
     from tile_assets.core.grid import plan_grid
     from tile_assets.core.types import GridSpec
 
-    return [(w.col_off, w.row_off, w.width, w.height) for w in plan_grid(side, side, GridSpec(512, 0.2))]
+    with rasterio.open(path) as ds:
+        width, height = ds.width, ds.height
+    return [(w.col_off, w.row_off, w.width, w.height) for w in plan_grid(width, height, GridSpec(512, 0.2))]
 
 
 def side_ours(path: str) -> None:
@@ -70,7 +75,7 @@ def side_plain(path: str, masked: str = "") -> None:
     import rasterio
     from rasterio.windows import Window
 
-    windows = [Window(*w) for w in _windows(_size(path))]
+    windows = [Window(*w) for w in _windows(path)]
     base = rss()
     reset_peak()
 
@@ -82,13 +87,6 @@ def side_plain(path: str, masked: str = "") -> None:
 
     seconds, tiles = timed(loop)
     emit({"seconds": seconds, "tiles": tiles, "tiles_per_s": tiles / seconds, "growth": peak() - base})
-
-
-def _size(path: str) -> int:
-    import rasterio
-
-    with rasterio.open(path) as ds:
-        return int(ds.width)
 
 
 def run(progress: Progress) -> list[Row]:
