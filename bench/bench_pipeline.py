@@ -9,10 +9,11 @@ reader and runs the same model over every tile of the same grid in chunks of
 `PREDICT_CHUNK`, in one process, writing nothing. Overhead = ours / loop - 1,
 on wall time; total CPU time (all processes) is reported beside it.
 
-While the pipeline runs, a sampler thread reads VmRSS/VmHWM of every child
-process from /proc; afterwards the event log says which step ran in which
-process and when it started, which gives each step process's peak above its
-own RSS at step start (imports done). `bench_memory` reports those.
+While the pipeline runs, a sampler thread reads VmRSS/VmHWM (and VmRSS's
+anonymous and file-backed parts) of every child process from /proc;
+afterwards the event log says which step ran in which process and when it
+started, which gives each step process's peak above its own RSS at step
+start (imports done). `bench_memory` reports those.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 class Sampler(threading.Thread):
-    """Samples (time, VmRSS, VmHWM) and CPU of every descendant of this process until stopped.
+    """Samples (time, VmRSS, VmHWM, RssAnon, RssFile) and CPU of every descendant of this process until stopped.
 
     Step processes are the forkserver's children, not ours, so their CPU never
     reaches RUSAGE_CHILDREN: it is the last value sampled (up to SAMPLE_S short).
@@ -86,7 +87,7 @@ class Sampler(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.samples: dict[int, list[tuple[float, int, int]]] = {}
+        self.samples: dict[int, list[tuple[float, int, int, int, int]]] = {}
         self.cpu: dict[int, float] = {}
         self._halt = threading.Event()
 
@@ -96,7 +97,8 @@ class Sampler(threading.Thread):
             for pid in _descendants(me):
                 mem, cpu = status(str(pid)), _cpu_seconds(pid)
                 if mem:
-                    self.samples.setdefault(pid, []).append((time.time(), mem["VmRSS"], mem["VmHWM"]))
+                    sample = (time.time(), mem["VmRSS"], mem["VmHWM"], mem["RssAnon"], mem["RssFile"])
+                    self.samples.setdefault(pid, []).append(sample)
                 if cpu is not None:
                     self.cpu[pid] = cpu
             self._halt.wait(SAMPLE_S)
@@ -106,7 +108,8 @@ class Sampler(threading.Thread):
         self.join()
 
     def step_growth(self, pid: int, start: float, end: float) -> dict[str, int] | None:
-        """RSS at step start and the peak above it, from this pid's samples."""
+        """RSS at step start and the peak above it, from this pid's samples; and the sampled growth of
+        its anonymous (private) and file-backed (shared library pages) parts."""
         series = self.samples.get(pid, [])
         before = [s for s in series if s[0] <= start]
         during = [s for s in series if start < s[0] <= end + SAMPLE_S]
@@ -117,7 +120,12 @@ class Sampler(threading.Thread):
         sampled = max((s[1] for s in during), default=at_start[1])
         # VmHWM is the exact peak when the step itself set it (it rose after the step began).
         top = max(sampled, last[2]) if last[2] > at_start[2] else sampled
-        return {"baseline": at_start[1], "peak": top, "growth": max(0, top - at_start[1])}
+        anon = max((s[3] for s in during), default=at_start[3]) - at_start[3]
+        files = max((s[4] for s in during), default=at_start[4]) - at_start[4]
+        return {
+            "baseline": at_start[1], "peak": top, "growth": max(0, top - at_start[1]),
+            "anon_growth": max(0, anon), "file_growth": max(0, files),
+        }
 
 
 def side_pipeline(scene: str, work: str) -> None:

@@ -53,7 +53,9 @@ class Row:
 
 
 def status(key: str) -> dict[str, int]:
-    """VmRSS / VmHWM (bytes) of a process, from /proc/<pid>/status; {} if it is gone."""
+    """VmRSS / VmHWM (bytes) of a process, and VmRSS split into RssAnon (private: heap, arrays)
+    and RssFile (mapped files: library code faulted in on first use, shared with every process
+    that maps it), from /proc/<pid>/status; {} if it is gone."""
     try:
         text = Path(f"/proc/{key}/status").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -61,7 +63,7 @@ def status(key: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[name] = int(value.split()[0]) * 1024
     return out
 

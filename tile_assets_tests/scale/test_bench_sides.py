@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.bench_fanout import model_config
-from bench.bench_memory import processes
+from bench.bench_memory import processes, split_of
 from bench.harness import run_side
 from bench.scenes import SOURCE
 from tile_assets.core.grid import plan_grid
@@ -42,6 +42,7 @@ def test_pipeline_and_loop_sides_report_the_same_tiles_and_each_process(scene: P
     steps = {name.split("[")[0] for name, _ in processes(pipeline)}
     assert {"source_images", "tiles", "tile_findings.infer_batch", "tile_findings.merge_findings", "run process"} <= steps
     assert all(growth >= 0 for _, growth in processes(pipeline))
+    assert "MB anonymous" in split_of(pipeline, "tile_findings.infer_batch[b00000]")
 
 
 def test_fanout_sides_rerun_only_the_failed_tile(scene: Path, tmp_path: Path) -> None:
