@@ -6,9 +6,11 @@ faults), each side in a fresh interpreter:
 
   plain       `TileReader` + the model over every window, in the reader's order.
   pipeline    `process_scene` through `execute_job` on a SQLite instance (the
-              project's dagster.yaml) with the project's batching defaults,
-              in-process and multiprocess (forkserver, pool `tile_inference`
-              at 2, the default executor): whole run, and the fan-out alone
+              project's dagster.yaml) with the batching `tile-assets run`
+              uses, in-process (one inference step per scene up to 4,096
+              tiles, the CLI's default executor) and multiprocess (forkserver,
+              pool `tile_inference` at 2, about 4 steps a scene; the default
+              executor of the definitions): whole run, and the fan-out alone
               (plan_batches start to merge_findings end) against the loop.
               The loop runs on one core; multiprocess uses both.
   per tile    `max_tiles_per_batch=1` on a 3,000 x 3,000 mosaic (64 tiles):
@@ -197,10 +199,21 @@ def pipeline(
         shutil.rmtree(work)
     args = [
         str(path), str(work), executor, str(tile_size),
-        json.dumps({} if max_tiles_per_batch is None else {"max_tiles_per_batch": max_tiles_per_batch}),
+        json.dumps(batching(executor, max_tiles_per_batch)),
         json.dumps(model_config(fail or [], delay_s)),
     ]
     return run_side("bench.bench_fanout", ["pipeline", *args])
+
+
+def batching(executor: str, max_tiles_per_batch: int | None) -> dict[str, int]:
+    """`plan_batches` config as `tile-assets run --executor <executor>` sets it, or with at most
+    `max_tiles_per_batch` tiles a step."""
+    from tile_assets.cli import batching_defaults
+
+    config = batching_defaults(executor)
+    if max_tiles_per_batch is not None:
+        config["max_tiles_per_batch"] = max_tiles_per_batch
+    return config
 
 
 def model_config(fail: list[str], delay_s: float | None) -> dict[str, str]:

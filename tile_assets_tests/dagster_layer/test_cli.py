@@ -280,11 +280,38 @@ def test_the_request_names_the_options_and_the_model(monkeypatch: pytest.MonkeyP
 
     default = digest()
     assert len(default) == 16 and default == digest("--executor", "multiprocess")
+    assert default == digest("--target-steps", "3") == digest("--max-tiles-per-batch", "8")  # same results
     assert default != digest("--model-params", json.dumps({"min_area_px": 20}))
     assert default != digest("--overlap", "0.1")
     monkeypatch.setattr(ClassicalModel, "version", "2.0.0")
     assert default != digest()
     assert digest("--model", "no-such-model") == ""  # never up to date: its runs say why it fails
+
+
+def test_batching_follows_the_executor_unless_given() -> None:
+    """In process, steps run one at a time: a scene is one inference step (up to 4,096 tiles);
+    multiprocess keeps the op's default of about twice the pool's slots."""
+    def batching(*args: str) -> dict:
+        config = cli.run_config(cli.build_parser().parse_args(["run", *args]))
+        return config["ops"]["tile_findings"]["ops"]["plan_batches"]["config"]
+
+    assert batching() == {"target_steps": 1, "max_tiles_per_batch": 4096}
+    assert batching("--executor", "multiprocess") == {"target_steps": 4, "max_tiles_per_batch": 1024}
+    assert batching("--target-steps", "3") == {"target_steps": 3, "max_tiles_per_batch": 4096}
+    assert batching("--executor", "multiprocess", "--max-tiles-per-batch", "7") == {
+        "target_steps": 4, "max_tiles_per_batch": 7,
+    }
+
+
+def test_an_in_process_run_infers_a_scene_in_one_step(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    copy_images(inbox, INBOX / "naip_2018.tif")
+    assert cli.main(["run", str(inbox), "--catalog", str(catalog), "--tile-size", "128"]) == 0
+    (run,) = scene_runs(instance)
+    steps = [s.step_key for s in instance.get_run_step_stats(run.run_id)]
+    assert [k for k in steps if ".infer_batch[" in k] == ["tile_findings.infer_batch[b00000]"]
+    (materialization,) = instance.fetch_materializations(dg.AssetKey("tile_findings"), limit=1).records
+    assert materialization.asset_materialization.metadata["tiles_inferred"].value == 63  # 9 x 7 tiles
 
 
 def test_a_scene_with_failed_tiles_runs_again(
