@@ -233,7 +233,10 @@ def overhead_row(label: str, run: dict[str, Any], base: dict[str, Any]) -> Row:
     overhead = (run["fanout_seconds"] - base["seconds"]) / base["seconds"]
     whole = (run["seconds"] - base["seconds"]) / base["seconds"]
     return Row(
-        metric=f"{label}: fan-out vs plain loop, {run['tiles']} tiles, {run['infer_steps']} inference steps",
+        metric=(
+            f"{label}: fan-out vs plain loop, {run['tiles']} tiles, {run['infer_steps']} inference "
+            f"step{'s' if run['infer_steps'] != 1 else ''}"
+        ),
         ours=f"{run['fanout_seconds']:.1f} s fan-out, {run['seconds']:.1f} s whole run",
         baseline=f"{base['seconds']:.1f} s",
         ratio=overhead,
