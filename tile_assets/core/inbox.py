@@ -11,11 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tile_assets.core.keys import scene_key
-from collections.abc import Sequence
-
 from tile_assets.core.source_version import Fingerprint, version_source
 from tile_assets.core.store import Store, is_image_name, is_s3_uri
 from tile_assets.core.types import ObjectInfo
