@@ -4,15 +4,15 @@
 from typing import Literal
 
 import dagster as dg
+import pandas as pd
 
 from tile_assets.assets import CODE_VERSION, GROUP
 from tile_assets.assets.failures import scene_failure
-from tile_assets.core.catalog import write_parquet
 from tile_assets.core.errors import TileAssetsError, UnsupportedRasterError
 from tile_assets.core.raster import open_raster
 from tile_assets.core.store import VersionGuard
-from tile_assets.core.tiling import MANIFEST_COLUMNS, build_manifest, resolve_spec
-from tile_assets.core.types import SceneInfo
+from tile_assets.core.tiling import MANIFEST_COLUMNS, build_manifest, resolve_spec, stored_manifest, write_manifest
+from tile_assets.core.types import GridSpec, SceneInfo
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
 
@@ -71,23 +71,23 @@ def tiles(
     than a tile gives one tile. Tiles with no valid pixel (nodata, alpha,
     internal mask, NaN) are pruned. Writes `scenes/<key>/tiles.parquet`: tile
     id (`r003c007`), row, col, window, bounds in the scene CRS, valid fraction.
+    A run of the same source version (fingerprint), grid and code version
+    keeps the tiles.parquet it finds instead of reading the mask again
+    (`manifest_reused`).
     """
     key = context.partition_key
     scene = SceneInfo.from_dict(source_images)
     spec = resolve_spec(scene, config.tile_size, config.overlap, config.edge)
-    store = imagery.store_for(scene.uri)
-    try:
-        with open_raster(store, scene.uri) as ds:
-            manifest, pruned = build_manifest(ds, scene, spec)
-        VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint).check()
-        if manifest.empty:
-            raise UnsupportedRasterError(scene.uri, "every pixel is nodata or transparent; nothing to analyze")
-    except (TileAssetsError, ValueError) as exc:
-        err = exc if isinstance(exc, TileAssetsError) else TileAssetsError(scene.uri, str(exc))
-        raise scene_failure(imagery, key, "tiles", err) from exc
     uri = imagery.scene_uri(key, "tiles.parquet")
-    write_parquet(imagery.catalog_store(), uri, manifest)
-    context.log.info(f"{len(manifest)} tiles ({pruned} empty pruned): {config.describe()}")
+    basis = {"fingerprint": scene.fingerprint, "spec": spec.to_dict(), "code_version": CODE_VERSION}
+    stored = stored_manifest(imagery.catalog_store(), uri, basis)
+    if stored is None:
+        manifest, pruned = cut_scene(imagery, key, scene, spec)
+        write_manifest(imagery.catalog_store(), uri, manifest, pruned, basis)
+    else:
+        manifest, pruned = stored
+    how = "kept: same source version, grid and code" if stored else "built"
+    context.log.info(f"{len(manifest)} tiles ({pruned} empty pruned): {config.describe()}; manifest {how}")
     return dg.Output(
         {"uri": uri, "spec": spec.to_dict(), "tile_count": len(manifest), "pruned": pruned},
         metadata={
@@ -99,5 +99,21 @@ def tiles(
             "edge": spec.edge,
             "mean_valid_fraction": float(manifest["valid_fraction"].mean()) if len(manifest) else 0.0,
             "manifest": dg.MetadataValue.path(uri),
+            "manifest_reused": stored is not None,
         },
     )
+
+
+def cut_scene(imagery: ImageryStore, key: str, scene: SceneInfo, spec: GridSpec) -> tuple[pd.DataFrame, int]:
+    """The scene's manifest and pruned count, read from its mask; a scene failure names what went wrong."""
+    store = imagery.store_for(scene.uri)
+    try:
+        with open_raster(store, scene.uri) as ds:
+            manifest, pruned = build_manifest(ds, scene, spec)
+        VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint).check()
+        if manifest.empty:
+            raise UnsupportedRasterError(scene.uri, "every pixel is nodata or transparent; nothing to analyze")
+    except (TileAssetsError, ValueError) as exc:
+        err = exc if isinstance(exc, TileAssetsError) else TileAssetsError(scene.uri, str(exc))
+        raise scene_failure(imagery, key, "tiles", err) from exc
+    return manifest, pruned

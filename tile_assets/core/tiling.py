@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from affine import Affine
 from pyproj import CRS
 from rasterio.io import DatasetReader
 
+from tile_assets.core.catalog import PARQUET_TYPE
+from tile_assets.core.errors import StoreError
 from tile_assets.core.grid import auto_tile_size, plan_grid
 from tile_assets.core.raster import MaskSummary, mask_summary
+from tile_assets.core.store import Store
 from tile_assets.core.types import GridSpec, SceneInfo, TileWindow
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
     "tile_id", "row", "col", "col_off", "row_off", "width", "height",
@@ -100,6 +110,45 @@ def build_manifest(ds: DatasetReader, scene: SceneInfo, spec: GridSpec) -> tuple
         columns[name] = bounds[kept, i]
     columns["valid_fraction"] = fractions[kept]
     return pd.DataFrame(columns, columns=MANIFEST_COLUMNS), len(windows) - len(kept)
+
+
+_BASIS_KEY = b"tile_assets:basis"
+"""Parquet key-value metadata of tiles.parquet: what the manifest was built from, and its pruned count."""
+
+
+def write_manifest(
+    store: Store, uri: str, manifest: pd.DataFrame, pruned: int, basis: Mapping[str, Any]
+) -> None:
+    """Write the manifest as Parquet with the `basis` it was built from (source fingerprint, grid,
+    code version) and its pruned count, so a later run of the same basis can take it as it is."""
+    table = pa.Table.from_pandas(manifest, preserve_index=False)
+    recorded = json.dumps({"basis": basis, "pruned": pruned}, sort_keys=True).encode()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), _BASIS_KEY: recorded}), sink)
+    store.write_bytes(uri, sink.getvalue().to_pybytes(), content_type=PARQUET_TYPE)
+
+
+def stored_manifest(store: Store, uri: str, basis: Mapping[str, Any]) -> tuple[pd.DataFrame, int] | None:
+    """The manifest at `uri` and its pruned count if it was built from this very `basis`, else None.
+
+    Building a manifest reads the scene's mask (the whole scene, decimated,
+    when it has nodata and no overviews); a rerun of an unchanged scene with
+    the same grid (the retry schedule, a rerun after failed tiles) gets the
+    same manifest back instead. None also when the file is missing,
+    unreadable or was written without a basis (logged when unreadable).
+    """
+    if not store.exists(uri):
+        return None
+    try:
+        table = pq.read_table(pa.BufferReader(store.read_bytes(uri)))
+        recorded = json.loads((table.schema.metadata or {}).get(_BASIS_KEY, b"null"))
+    except (StoreError, pa.ArrowException, ValueError) as exc:
+        log.warning("%s: unreadable (%s); the manifest is built again", uri, exc)
+        return None
+    same = json.loads(json.dumps(basis, sort_keys=True))
+    if not isinstance(recorded, dict) or recorded.get("basis") != same:
+        return None
+    return table.to_pandas(), int(recorded["pruned"])
 
 
 def manifest_windows(manifest: pd.DataFrame) -> list[TileWindow]:
