@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -68,3 +71,42 @@ def run_scene(
     return job.execute_in_process(
         instance=instance, partition_key=key, tags=tags, raise_on_error=False
     )
+
+
+@dataclass
+class RegisteredImage:
+    """A writable copy of a sample image, registered as a scene on a test instance."""
+
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    catalog: Path
+    image: Path
+    key: str
+
+    def materialize(self, asset: str, run_config: dict, *upstream: str) -> dict[str, object]:
+        """Run `asset` (after `upstream`) of this scene alone; its materialization's metadata and data version."""
+        job = self.defs.resolve_job_def(process_scene.name)
+        result = job.execute_in_process(
+            instance=self.instance,
+            partition_key=self.key,
+            asset_selection=[dg.AssetKey(name) for name in (*upstream, asset)],
+            run_config=run_config,
+        )
+        [materialization] = result.asset_materializations_for_node(asset)
+        return {
+            **{name: value.value for name, value in materialization.metadata.items()},
+            "data_version": materialization.tags.get("dagster/data_version"),
+        }
+
+    def scene_file(self, name: str) -> Path:
+        return self.catalog / "scenes" / self.key / name
+
+
+@contextmanager
+def registered_image(folder: Path, sample: str) -> Iterator[RegisteredImage]:
+    """`sample` copied into `folder`/inbox and registered on a fresh test instance, catalog in `folder`/catalog."""
+    inbox, catalog = folder / "inbox", folder / "catalog"
+    [image] = copy_images(inbox, INBOX / sample)
+    with dg.instance_for_test() as instance:
+        key = register_image(instance, catalog, image)
+        yield RegisteredImage(instance, definitions_for(inbox, catalog), catalog, image, key)

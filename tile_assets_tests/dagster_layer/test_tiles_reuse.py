@@ -9,10 +9,9 @@ the mask was read is counted at `build_manifest`, and the asset's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import pytest
 
@@ -20,53 +19,36 @@ import tile_assets.assets.tiles
 from tile_assets.core.catalog import write_parquet
 from tile_assets.core.store import LocalStore
 from tile_assets.core.tiling import stored_manifest, write_manifest
-from tile_assets.jobs import process_scene
-from tile_assets_tests.dagster_layer.fixtures import INBOX, copy_images, definitions_for, register_image
+from tile_assets_tests.dagster_layer.fixtures import INBOX, RegisteredImage, copy_images, registered_image
 
 STORE = LocalStore()
 
 
 @dataclass
-class Scene:
-    instance: dg.DagsterInstance
-    defs: dg.Definitions
-    catalog: Path
-    image: Path
-    key: str
-    builds: list[str] = field(default_factory=list)
+class Tiling:
+    scene: RegisteredImage
+    builds: list[str]
+    """One entry per `build_manifest` call: each read the scene's mask."""
 
     def cut(self, tile_size: int = 96) -> dict[str, object]:
         """Run `source_images` and `tiles`; the tiles materialization's metadata."""
-        job = self.defs.resolve_job_def(process_scene.name)
-        result = job.execute_in_process(
-            instance=self.instance,
-            partition_key=self.key,
-            asset_selection=[dg.AssetKey("source_images"), dg.AssetKey("tiles")],
-            run_config={"ops": {"tiles": {"config": {"tile_size": tile_size}}}},
-        )
-        [materialization] = result.asset_materializations_for_node("tiles")
-        return {name: value.value for name, value in materialization.metadata.items()}
+        return self.scene.materialize("tiles", {"ops": {"tiles": {"config": {"tile_size": tile_size}}}}, "source_images")
 
     @property
     def manifest(self) -> Path:
-        return self.catalog / "scenes" / self.key / "tiles.parquet"
+        return self.scene.scene_file("tiles.parquet")
 
 
 @pytest.fixture
-def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scene]:
-    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
-    [image] = copy_images(inbox, INBOX / "RGB.byte.tif")
-    with dg.instance_for_test() as instance:
-        key = register_image(instance, catalog, image)
-        scene = Scene(instance, definitions_for(inbox, catalog), catalog, image, key)
-        build = tile_assets.assets.tiles.build_manifest
-        monkeypatch.setattr(
-            tile_assets.assets.tiles, "build_manifest", lambda *a: scene.builds.append("built") or build(*a)
-        )
-        yield scene
+def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tiling]:
+    builds: list[str] = []
+    build = tile_assets.assets.tiles.build_manifest
+    monkeypatch.setattr(tile_assets.assets.tiles, "build_manifest", lambda *a: builds.append("built") or build(*a))
+    with registered_image(tmp_path, "RGB.byte.tif") as image:
+        yield Tiling(image, builds)
 
 
-def test_an_unchanged_scene_keeps_its_manifest(scene: Scene) -> None:
+def test_an_unchanged_scene_keeps_its_manifest(scene: Tiling) -> None:
     first = scene.cut()
     assert first["manifest_reused"] is False and scene.builds == ["built"]
     written = scene.manifest.stat().st_mtime_ns
@@ -82,12 +64,12 @@ def test_an_unchanged_scene_keeps_its_manifest(scene: Scene) -> None:
     pd.testing.assert_frame_equal(pd.read_parquet(scene.manifest), before)
 
 
-def test_another_grid_or_a_changed_image_builds_it_again(scene: Scene) -> None:
+def test_another_grid_or_a_changed_image_builds_it_again(scene: Tiling) -> None:
     scene.cut()
     assert scene.cut(tile_size=128)["manifest_reused"] is False
     assert scene.cut(tile_size=96)["manifest_reused"] is False  # the 128 px manifest replaced it
     assert scene.builds == ["built"] * 3
-    copy_images(scene.image.parent.parent / "new", INBOX / "colorado_aerial_cl1.tif")[0].replace(scene.image)
+    copy_images(scene.scene.image.parent.parent / "new", INBOX / "colorado_aerial_cl1.tif")[0].replace(scene.scene.image)
     assert scene.cut()["manifest_reused"] is False  # new bytes: new fingerprint
     assert len(scene.builds) == 4
 
