@@ -29,7 +29,7 @@ from tile_assets.core.errors import StoreError, TileAssetsError
 from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import model_key, scene_key
 from tile_assets.core.models.registry import load_model
-from tile_assets.core.registry import register_scene
+from tile_assets.core.registry import register_scene, registered_fingerprint
 from tile_assets.core.store import Store, is_s3_uri, join_uri
 from tile_assets.definitions import build_definitions, catalog_job, scene_job
 from tile_assets.executors import FORKSERVER
@@ -129,13 +129,17 @@ def discover(imagery: ImageryStore, inbox: str) -> list[SceneChange]:
     size and mtime keeps the content hash recorded then instead of being read
     whole again.
     """
-    store = imagery.inbox_store()
+    store, catalog_store = imagery.inbox_store(), imagery.catalog_store()
     changes = []
     for obj in store.list(inbox):
         reason = ignore_reason(obj)
         if reason is None:
             key = scene_key(obj.uri)
-            known = [] if is_s3_uri(obj.uri) else imagery.recorded_fingerprints(key)
+            known = (
+                []
+                if is_s3_uri(obj.uri)
+                else imagery.recorded_fingerprints(key, registered_fingerprint(catalog_store, imagery.catalog, key))
+            )
             version, fingerprint = object_version(store, obj, known)
             changes.append(SceneChange(key, obj, version, is_new=True, fingerprint=fingerprint))
         elif reason != "folder marker":

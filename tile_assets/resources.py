@@ -22,7 +22,6 @@ from tile_assets.core.gate.blocklist import DEFAULT_MAX_DISTANCE, BlocklistCheck
 from tile_assets.core.gate.moderation import ModerationCheck
 from tile_assets.core.models.base import TileModel
 from tile_assets.core.models.registry import load_model
-from tile_assets.core.registry import registered_fingerprint
 from tile_assets.core.source_version import Fingerprint, described_fingerprint
 from tile_assets.core.store import S3Settings, Store, join_uri, open_store
 
@@ -61,14 +60,10 @@ class ImageryStore(dg.ConfigurableResource):
     def catalog_uri(self, name: str) -> str:
         return join_uri(self.catalog, name)
 
-    def recorded_fingerprints(self, partition_key: str) -> list[Fingerprint]:
-        """The content hashes the catalog holds for a scene: its description's and its registration's."""
-        store = self.catalog_store()
-        recorded = (
-            described_fingerprint(store, self.scene_uri(partition_key, "source.json")),
-            registered_fingerprint(store, self.catalog, partition_key),
-        )
-        return [f for f in recorded if f is not None]
+    def recorded_fingerprints(self, partition_key: str, registered: Fingerprint | None) -> list[Fingerprint]:
+        """The content hashes the catalog holds for a scene: its description's and `registered`, its registration's."""
+        described = described_fingerprint(self.catalog_store(), self.scene_uri(partition_key, "source.json"))
+        return [f for f in (described, registered) if f is not None]
 
 
 class CatalogJsonIOManager(dg.ConfigurableIOManager):

@@ -9,7 +9,7 @@ from tile_assets.core.catalog import write_json
 from tile_assets.core.errors import TileAssetsError
 from tile_assets.core.gate.base import GateDecision
 from tile_assets.core.gate.screen import screen_source
-from tile_assets.core.registry import lookup_scene
+from tile_assets.core.registry import lookup_registration
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
 
@@ -77,9 +77,9 @@ def source_images(
     catalog_store = imagery.catalog_store()
     source_json = imagery.scene_uri(key, "source.json")
     try:
-        registered = lookup_scene(catalog_store, imagery.catalog, key)
+        registered, fingerprint = lookup_registration(catalog_store, imagery.catalog, key)
         configured = gate.load(imagery)
-        known = [] if config.rehash else imagery.recorded_fingerprints(key)
+        known = [] if config.rehash else imagery.recorded_fingerprints(key, fingerprint)
         screening = screen_source(imagery.store_for(registered.uri), registered.uri, key, configured, known)
         metadata = gate_metadata(screening.decision, configured.policy)
         scene = screening.scene

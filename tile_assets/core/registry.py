@@ -10,6 +10,7 @@ keeps the content hash its registrant took to version it, so that
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tile_assets.core.errors import StoreError
 from tile_assets.core.source_version import Fingerprint
@@ -35,21 +36,34 @@ def register_scene(
     )
 
 
-def lookup_scene(store: Store, catalog: str, partition_key: str) -> ObjectInfo:
-    """The object registered for a partition; StoreError when it was never registered."""
+def lookup_registration(store: Store, catalog: str, partition_key: str) -> tuple[ObjectInfo, Fingerprint | None]:
+    """The object registered for a partition and the fingerprint its registrant took (None when none
+    was: S3, older entries); StoreError when it was never registered."""
     uri = registry_uri(catalog, partition_key)
     try:
         data = json.loads(store.read_bytes(uri))
     except StoreError as exc:
         raise StoreError(partition_key, "scene is not registered (run the sensor or the CLI first)") from exc
-    return ObjectInfo.from_dict(data)
+    return ObjectInfo.from_dict(data), _fingerprint_in(data)
+
+
+def lookup_scene(store: Store, catalog: str, partition_key: str) -> ObjectInfo:
+    """The object registered for a partition; StoreError when it was never registered."""
+    return lookup_registration(store, catalog, partition_key)[0]
 
 
 def registered_fingerprint(store: Store, catalog: str, partition_key: str) -> Fingerprint | None:
     """The fingerprint recorded with a partition's registration; None if none was (S3, older entries) or unreadable."""
     try:
-        return Fingerprint.from_dict(json.loads(store.read_bytes(registry_uri(catalog, partition_key)))["fingerprint"])
-    except (StoreError, ValueError, TypeError, KeyError):
+        return _fingerprint_in(json.loads(store.read_bytes(registry_uri(catalog, partition_key))))
+    except (StoreError, ValueError):
+        return None
+
+
+def _fingerprint_in(entry: Any) -> Fingerprint | None:
+    try:
+        return Fingerprint.from_dict(entry["fingerprint"])
+    except (KeyError, TypeError):
         return None
 
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tile_assets.core.registry import lookup_scene, register_scene, registered_fingerprint, registry_uri
+from tile_assets.core.registry import (
+    lookup_registration,
+    lookup_scene,
+    register_scene,
+    registered_fingerprint,
+    registry_uri,
+)
 from tile_assets.core.s3store import S3Store
 from tile_assets.core.source_version import Fingerprint, described_fingerprint, version_source
 from tile_assets.core.store import LocalStore, S3Settings
@@ -116,9 +122,11 @@ def test_a_registration_keeps_the_fingerprint_its_registrant_took(tmp_path: Path
     taken = version_source(STORE, str(source)).recorded()
     register_scene(STORE, catalog, "scene", head, taken)
     assert lookup_scene(STORE, catalog, "scene") == head
+    assert lookup_registration(STORE, catalog, "scene") == (head, taken)
     assert registered_fingerprint(STORE, catalog, "scene") == taken == Fingerprint(str(source), head.etag, sha256(source))
     register_scene(STORE, catalog, "s3-scene", head)  # S3 objects are registered without one
     assert registered_fingerprint(STORE, catalog, "s3-scene") is None
+    assert lookup_registration(STORE, catalog, "s3-scene") == (head, None)
     assert registered_fingerprint(STORE, catalog, "never-registered") is None
     STORE.write_bytes(registry_uri(catalog, "scene"), b'{"fingerprint": {"uri": 1}}')
     assert registered_fingerprint(STORE, catalog, "scene") is None
