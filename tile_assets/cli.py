@@ -25,7 +25,7 @@ from rich.table import Table
 
 from tile_assets.assets import CODE_VERSION
 from tile_assets.assets.findings import BatchingConfig
-from tile_assets.core.errors import StoreError, TileAssetsError
+from tile_assets.core.errors import PolicyError, StoreError, TileAssetsError
 from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import model_key, scene_key
 from tile_assets.core.models.registry import load_model
@@ -35,7 +35,7 @@ from tile_assets.definitions import build_definitions, catalog_job, scene_job
 from tile_assets.executors import FORKSERVER
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
-from tile_assets.resources import ImageryStore
+from tile_assets.resources import GateResource, ImageryStore
 from tile_assets.sensors import scene_run_tags
 from tile_assets.settings import Settings, absolute_uri
 
@@ -157,22 +157,26 @@ def result_options(config: dict) -> dict:
     return {**options, "ops": ops}
 
 
-def request_digest(config: dict) -> str:
+def request_digest(config: dict, gate_policy: str | None) -> str:
     """What a scene's results depend on besides its image: the run config (not the executor nor the
-    batching), the model's identity (name, version, params, as the tile cache keys it) and the
-    assets' code version.
+    batching), the model's identity (name, version, params, as the tile cache keys it), the content
+    gate's policy (`gate_policy`: its settings and policy files) and the assets' code version.
 
-    "" when the model does not load: no run is then taken as up to date, and
-    each scene's run reports why the model failed.
+    "" when the model does not load or the gate's policy cannot be read
+    (`gate_policy` None): no run is then taken as up to date, and each
+    scene's run reports why.
     """
     model_config = config["resources"]["tile_model"]["config"]
     try:
         model = load_model(model_config["name"], json.loads(model_config["params_json"]))
     except Exception:  # noqa: BLE001 - the scene runs report it, each with its reason
         return ""
+    if gate_policy is None:
+        return ""
     what = {
         "config": result_options(config),
         "model": model_key(model.name, model.version, model.params()),
+        "gate": gate_policy,
         "code_version": CODE_VERSION,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -285,6 +289,19 @@ def resolved_imagery(defs: dg.Definitions) -> ImageryStore:
     return imagery
 
 
+def gate_policy(defs: dg.Definitions, imagery: ImageryStore) -> str | None:
+    """The content gate's fingerprint (settings and policy files' bytes), None when a policy file cannot be read.
+
+    A changed blocklist or area policy can reject a scene that passed, or
+    pass one that was rejected: its last run no longer stands.
+    """
+    gate: GateResource = (defs.resources or {})["gate"]
+    try:
+        return gate.fingerprint(imagery)
+    except PolicyError:
+        return None
+
+
 def command_run(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     settings = Settings.from_environment()
@@ -308,7 +325,7 @@ def command_run(args: argparse.Namespace) -> int:
         register_scene(catalog_store, catalog, change.partition_key, change.obj, change.fingerprint)
     instance.add_dynamic_partitions(scenes.name, [c.partition_key for c in changes])
     config = run_config(args)
-    request = request_digest(config)
+    request = request_digest(config, gate_policy(defs, imagery))
     locations = {tag: os.environ[variable] for tag, variable in LOCATION_TAGS.items()}
     outcomes = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

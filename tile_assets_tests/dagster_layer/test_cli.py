@@ -275,8 +275,8 @@ def test_the_request_names_the_options_and_the_model(monkeypatch: pytest.MonkeyP
     """What makes a scene's last run stand: its options and the model's identity, not the executor."""
     from tile_assets.core.models.classical import ClassicalModel
 
-    def digest(*args: str) -> str:
-        return cli.request_digest(cli.run_config(cli.build_parser().parse_args(["run", *args])))
+    def digest(*args: str, gate: str | None = "gate policy") -> str:
+        return cli.request_digest(cli.run_config(cli.build_parser().parse_args(["run", *args])), gate)
 
     default = digest()
     assert len(default) == 16 and default == digest("--executor", "multiprocess")
@@ -286,6 +286,31 @@ def test_the_request_names_the_options_and_the_model(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ClassicalModel, "version", "2.0.0")
     assert default != digest()
     assert digest("--model", "no-such-model") == ""  # never up to date: its runs say why it fails
+    assert default != digest(gate="another gate policy")
+    assert digest(gate=None) == ""  # a policy file that cannot be read: its runs say so
+
+
+def test_a_changed_gate_policy_runs_a_complete_scene_again(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocklist edited in place can reject a scene that passed: its last run no longer stands,
+    though the run options and the image are the same."""
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    (image,) = copy_images(inbox, INBOX / "rgb-byte-tenth.tif")
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("# nothing blocked yet\n")
+    monkeypatch.setenv("TILE_ASSETS_GATE", json.dumps({"blocklist_path": str(blocklist)}))
+    run = ["run", str(inbox), "--catalog", str(catalog)]
+    key = scene_key(str(image))
+
+    assert cli.main(run) == 0
+    assert cli.main(run) == 0
+    assert len(scene_runs(instance)) == 1  # the second run found it up to date
+    blocklist.write_text(f"sha256:{hashlib.sha256(image.read_bytes()).hexdigest()}  leaked\n")
+    assert cli.main(run) == 1  # the scene is rejected now
+    assert len(scene_runs(instance)) == 2
+    status = json.loads((catalog / "scenes" / key / "status.json").read_text())
+    assert status["status"] == "rejected" and "blocklist" in status["reason"], status
 
 
 def test_batching_follows_the_executor_unless_given() -> None:
