@@ -55,6 +55,19 @@ DEFAULT_EXECUTION: Mapping[str, Mapping[str, object]] = {"multiprocess": FORKSER
 """As Dagster's own default executor, a process per step, forked from a preloaded server."""
 
 
+def runs_in_process(run_config: Mapping[str, object]) -> bool:
+    """Whether a run with this config executes its steps one at a time in its own process, so a
+    step has the machine's other cores to itself (and inference reads ahead, `run_batch`).
+
+    Only when the config picks `in_process`: the default is multiprocess, and
+    `execute_in_process` runs, whose config names no executor, are taken for
+    multiprocess too (they only miss the read-ahead).
+    """
+    execution = run_config.get("execution")
+    chosen = execution.get("config") if isinstance(execution, Mapping) else None
+    return isinstance(chosen, Mapping) and "in_process" in chosen
+
+
 def selector_executor(options: Mapping[str, dg.ExecutorDefinition]) -> dg.ExecutorDefinition:
     """One executor whose config picks one of `options` by key and configures it."""
 

@@ -28,6 +28,7 @@ from tile_assets.core.scene_merge import MergeOptions
 from tile_assets.core.tables import tile_results_frame
 from tile_assets.core.tiling import manifest_windows
 from tile_assets.core.types import GridSpec, SceneInfo, TileResult, TileWindow
+from tile_assets.executors import runs_in_process
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore, TileModelResource
 
@@ -197,6 +198,7 @@ def infer_plan(
         final_attempt=final_attempt,
         on_progress=progress,
         predict_timeout_s=tile_model.timeout(),
+        read_ahead=runs_in_process(context.run.run_config),
     )
     return {**report.summary(), "model": model.name, "model_version": model.version}
 

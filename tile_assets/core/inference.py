@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,8 +31,9 @@ from tile_assets.core.types import Finding, GridSpec, SceneInfo, TileResult, Til
 
 log = logging.getLogger(__name__)
 
-PREDICT_CHUNK = 16
-"""Tiles decoded and predicted together: bounds memory to a few tiles' pixels."""
+PREDICT_CHUNK = 8
+"""Tiles decoded and predicted together. Two chunks are held at once (the one predicted
+and the next one read, see `run_batch`'s `read_ahead`): memory holds 16 tiles' pixels."""
 CACHE_EVERY_S = 1.0
 CACHE_EVERY_TILES = 64
 """A batch writes what it has inferred to the cache (one chunk file) once a second or
@@ -168,6 +170,20 @@ def _predict_isolated(
     return out
 
 
+class _InlinePredictor:
+    """Runs each prediction as it is submitted, in the caller's thread: `run_batch` without read-ahead."""
+
+    def submit(
+        self, predict: Callable[..., list[TileResult | BaseException]], *args: Any
+    ) -> Future[list[TileResult | BaseException]]:
+        done: Future[list[TileResult | BaseException]] = Future()
+        try:
+            done.set_result(predict(*args))
+        except Exception as exc:  # noqa: BLE001 - raised again where the chunk is settled
+            done.set_exception(exc)
+        return done
+
+
 def _forget(done: Sequence[tuple[TileWindow, TileResult]]) -> None:
     """Without a cache there is nothing to remember."""
 
@@ -183,6 +199,7 @@ def run_batch(
     final_attempt: bool = True,
     on_progress: Progress | None = None,
     predict_timeout_s: float | None = None,
+    read_ahead: bool = False,
 ) -> BatchReport:
     """Infer every tile of `plan` not already cached, isolating failures per tile.
 
@@ -192,7 +209,11 @@ def run_batch(
     than `predict_timeout_s` is a transient failure of its tiles. Raises
     `SourceChangedError` when the source is no longer the version `scene`
     describes: checked before reading and after each chunk's reads, before
-    any of the chunk's results is cached.
+    any of the chunk's results is cached. With `read_ahead`, the model
+    predicts a chunk in a thread while the next chunk is read and decoded
+    (GDAL and most models release the GIL): worth it when a core would
+    otherwise idle, as in a run whose steps run one at a time in process,
+    not when other steps' processes keep every core busy.
     """
     cache = cache.for_batch(plan.windows) if cache else None
     results: dict[str, TileResult] = {}
@@ -211,41 +232,69 @@ def run_batch(
             on_progress(len(results), failed, len(plan.windows))
 
     report_progress()
+
+    def read_chunk(reader: TileReader, windows: Sequence[TileWindow]) -> list[TileImage]:
+        tiles: list[TileImage] = []
+        for window in windows:
+            try:
+                tiles.append(reader.read(window, spec))
+            except TransientError as exc:
+                transient.append((window, exc))
+            except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
+                results[window.tile_id] = failure_row(window, exc)
+        return tiles
+
+    unsaved: list[tuple[TileWindow, TileResult]] = []
+    saved_at = time.monotonic()
+
+    def settle(tiles: list[TileImage], predicted: Future[list[TileResult | BaseException]], save: Callable) -> None:
+        """Take a chunk's predictions as results or failure rows; cache what is due."""
+        nonlocal unsaved, saved_at
+        try:
+            outcomes = predicted.result()
+        except TransientError as exc:
+            transient.extend((t.window, exc) for t in tiles)
+            outcomes = []
+        for tile, outcome in zip(tiles, outcomes, strict=False):
+            if isinstance(outcome, TransientError):
+                transient.append((tile.window, outcome))
+            elif isinstance(outcome, BaseException):
+                results[tile.window.tile_id] = failure_row(tile.window, outcome)
+            else:
+                results[tile.window.tile_id] = replace(outcome, findings=()) if cache else outcome
+                unsaved.append((tile.window, outcome))
+        if len(unsaved) >= CACHE_EVERY_TILES or time.monotonic() - saved_at >= CACHE_EVERY_S:
+            save(unsaved)
+            unsaved, saved_at = [], time.monotonic()
+        report_progress()
+
     if todo:
         source = VersionGuard(store, scene.uri, scene.source_version, scene.fingerprint)
         source.check()
-        with TileReader(store, scene.uri) as reader, (cache.writer() if cache else nullcontext(_forget)) as put_chunk:
+        with (
+            TileReader(store, scene.uri) as reader,
+            (cache.writer() if cache else nullcontext(_forget)) as put_chunk,
+            (
+                ThreadPoolExecutor(1, thread_name_prefix=f"predict-{model.name}")
+                if read_ahead
+                else nullcontext(_InlinePredictor())
+            ) as predictor,
+        ):
             todo = reader.in_read_order(todo)  # results still come back in the plan's order
-            unsaved: list[tuple[TileWindow, TileResult]] = []
-            saved_at = time.monotonic()
+            in_flight: tuple[list[TileImage], Future[list[TileResult | BaseException]]] | None = None
+            # A chunk's results are settled after the next chunk's reads.
             for start in range(0, len(todo), PREDICT_CHUNK):
-                tiles: list[TileImage] = []
-                for window in todo[start : start + PREDICT_CHUNK]:
-                    try:
-                        tiles.append(reader.read(window, spec))
-                    except TransientError as exc:
-                        transient.append((window, exc))
-                    except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
-                        results[window.tile_id] = failure_row(window, exc)
+                tiles = read_chunk(reader, todo[start : start + PREDICT_CHUNK])
                 source.check()
-                if tiles:
-                    try:
-                        outcomes = _predict_isolated(model, tiles, predict_timeout_s)
-                    except TransientError as exc:
-                        transient.extend((t.window, exc) for t in tiles)
-                        outcomes = []
-                    for tile, outcome in zip(tiles, outcomes, strict=False):
-                        if isinstance(outcome, TransientError):
-                            transient.append((tile.window, outcome))
-                        elif isinstance(outcome, BaseException):
-                            results[tile.window.tile_id] = failure_row(tile.window, outcome)
-                        else:
-                            results[tile.window.tile_id] = replace(outcome, findings=()) if cache else outcome
-                            unsaved.append((tile.window, outcome))
-                    if len(unsaved) >= CACHE_EVERY_TILES or time.monotonic() - saved_at >= CACHE_EVERY_S:
-                        put_chunk(unsaved)
-                        unsaved, saved_at = [], time.monotonic()
-                report_progress()
+                if in_flight is not None:
+                    settle(*in_flight, put_chunk)
+                if not tiles:
+                    report_progress()  # every read of the chunk failed: nothing to predict
+                in_flight = (
+                    (tiles, predictor.submit(_predict_isolated, model, tiles, predict_timeout_s)) if tiles else None
+                )
+            if in_flight is not None:
+                settle(*in_flight, put_chunk)
             if unsaved:
                 put_chunk(unsaved)
 

@@ -240,11 +240,11 @@ def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str
     assert canonical(table_findings(pq.read_table(uri))) == canonical(expected)
 
 
-@pytest.mark.parametrize(("every_s", "per_file"), [(3600.0, 64), (0.0, 16)])
+@pytest.mark.parametrize(("every_s", "per_file"), [(3600.0, 64), (0.0, inference.PREDICT_CHUNK)])
 def test_a_batch_caches_a_file_per_64_tiles_or_per_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float, per_file: int
 ) -> None:
-    """A fast model's batch writes a chunk file per 64 tiles; once a second has passed, one per predict chunk (16)."""
+    """A fast model's batch writes a chunk file per 64 tiles; once a second has passed, one per predict chunk."""
     monkeypatch.setattr(inference, "CACHE_EVERY_S", every_s)
     scene = describe_scene(NAIP)
     spec = GridSpec(tile_size=64, overlap=0)

@@ -21,6 +21,7 @@ import geopandas as gpd
 import pytest
 
 from tile_assets import cli
+from tile_assets.assets import findings as findings_assets
 from tile_assets.core.keys import scene_key
 from tile_assets.core.store import LocalStore
 from tile_assets.jobs import process_scene, refresh_catalog
@@ -328,10 +329,19 @@ def test_batching_follows_the_executor_unless_given() -> None:
     }
 
 
-def test_an_in_process_run_infers_a_scene_in_one_step(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+def test_an_in_process_run_infers_a_scene_in_one_step(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One step, which reads ahead: the run's other steps wait, so the model has a core to itself."""
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     copy_images(inbox, INBOX / "naip_2018.tif")
+    read_ahead: list[bool] = []
+    run_batch = findings_assets.run_batch
+    monkeypatch.setattr(
+        findings_assets, "run_batch", lambda *a, **kw: read_ahead.append(kw["read_ahead"]) or run_batch(*a, **kw)
+    )
     assert cli.main(["run", str(inbox), "--catalog", str(catalog), "--tile-size", "128"]) == 0
+    assert read_ahead == [True]
     (run,) = scene_runs(instance)
     steps = [s.step_key for s in instance.get_run_step_stats(run.run_id)]
     assert [k for k in steps if ".infer_batch[" in k] == ["tile_findings.infer_batch[b00000]"]
