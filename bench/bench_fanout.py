@@ -113,6 +113,7 @@ def side_pipeline(
 
     from tile_assets.cli import PROJECT_INSTANCE_YAML, scene_job
     from tile_assets.core.keys import scene_key
+    from tile_assets.core.models.registry import load_model
     from tile_assets.core.registry import register_scene
     from tile_assets.core.store import open_store
 
@@ -130,6 +131,11 @@ def side_pipeline(
     obj = open_store(str(inbox)).head(str(scene))
     key = scene_key(obj.uri)
     register_scene(open_store(str(catalog)), str(catalog), key, obj)
+    model = json.loads(model_json)
+    # As `tile-assets run` does for its request digest before any run starts, and as the plain loop
+    # does before its clock starts: the model's module (here scipy, for the classical model) is
+    # imported once, not by the first step that loads the model.
+    load_model(model["name"], json.loads(model["params_json"]))
     config = {
         "execution": {"config": EXECUTORS[executor]},
         "ops": {
@@ -140,7 +146,7 @@ def side_pipeline(
                 }
             },
         },
-        "resources": {"tile_model": {"config": json.loads(model_json)}},
+        "resources": {"tile_model": {"config": model}},
     }
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("scenes", [key])
