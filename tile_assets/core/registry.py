@@ -39,25 +39,24 @@ def register_scene(
 def lookup_registration(store: Store, catalog: str, partition_key: str) -> tuple[ObjectInfo, Fingerprint | None]:
     """The object registered for a partition and the fingerprint its registrant took (None when none
     was: S3, older entries); StoreError when it was never registered."""
-    uri = registry_uri(catalog, partition_key)
-    try:
-        data = json.loads(store.read_bytes(uri))
-    except StoreError as exc:
-        raise StoreError(partition_key, "scene is not registered (run the sensor or the CLI first)") from exc
+    data = _registry_entry(store, catalog, partition_key)
     return ObjectInfo.from_dict(data), _fingerprint_in(data)
-
-
-def lookup_scene(store: Store, catalog: str, partition_key: str) -> ObjectInfo:
-    """The object registered for a partition; StoreError when it was never registered."""
-    return lookup_registration(store, catalog, partition_key)[0]
 
 
 def registered_fingerprint(store: Store, catalog: str, partition_key: str) -> Fingerprint | None:
     """The fingerprint recorded with a partition's registration; None if none was (S3, older entries) or unreadable."""
     try:
-        return _fingerprint_in(json.loads(store.read_bytes(registry_uri(catalog, partition_key))))
+        return _fingerprint_in(_registry_entry(store, catalog, partition_key))
     except (StoreError, ValueError):
         return None
+
+
+def _registry_entry(store: Store, catalog: str, partition_key: str) -> Any:
+    """A partition's registry entry, parsed; StoreError when it was never registered."""
+    try:
+        return json.loads(store.read_bytes(registry_uri(catalog, partition_key)))
+    except StoreError as exc:
+        raise StoreError(partition_key, "scene is not registered (run the sensor or the CLI first)") from exc
 
 
 def _fingerprint_in(entry: Any) -> Fingerprint | None:

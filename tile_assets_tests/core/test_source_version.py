@@ -16,7 +16,6 @@ import pytest
 
 from tile_assets.core.registry import (
     lookup_registration,
-    lookup_scene,
     register_scene,
     registered_fingerprint,
     registry_uri,
@@ -121,7 +120,7 @@ def test_a_registration_keeps_the_fingerprint_its_registrant_took(tmp_path: Path
     catalog, head = str(tmp_path / "catalog"), STORE.head(str(source))
     taken = version_source(STORE, str(source)).recorded()
     register_scene(STORE, catalog, "scene", head, taken)
-    assert lookup_scene(STORE, catalog, "scene") == head
+    assert lookup_registration(STORE, catalog, "scene")[0] == head
     assert lookup_registration(STORE, catalog, "scene") == (head, taken)
     assert registered_fingerprint(STORE, catalog, "scene") == taken == Fingerprint(str(source), head.etag, sha256(source))
     register_scene(STORE, catalog, "s3-scene", head)  # S3 objects are registered without one

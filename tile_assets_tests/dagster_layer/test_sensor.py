@@ -15,7 +15,7 @@ import pytest
 import tile_assets.sensors
 from tile_assets.assets.scenes import source_images
 from tile_assets.core.keys import scene_key
-from tile_assets.core.registry import lookup_scene, registered_fingerprint
+from tile_assets.core.registry import lookup_registration, registered_fingerprint
 from tile_assets.core.store import LocalStore
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
@@ -115,7 +115,7 @@ def test_first_tick_adds_a_partition_and_a_run_per_image(inbox: Inbox) -> None:
         assert key == request.partition_key
         assert request.tags["tile_assets/version"] == version
         assert request.tags["tile_assets/size"] == "small"
-        registered = lookup_scene(LocalStore(), str(inbox.catalog), key)
+        registered, _ = lookup_registration(LocalStore(), str(inbox.catalog), key)
         assert registered.uri == str(inbox.folder / Path(registered.uri).name)
         # the hash that gave the version is kept for source_images, which then need not hash again
         fingerprint = registered_fingerprint(LocalStore(), str(inbox.catalog), key)
@@ -155,7 +155,7 @@ def test_changed_bytes_start_exactly_one_new_run(inbox: Inbox) -> None:
     assert version_of(request.run_key) != version_of(first[key])
     assert not added_keys(changed)  # the partition exists already
     assert (
-        lookup_scene(LocalStore(), str(inbox.catalog), key).size
+        lookup_registration(LocalStore(), str(inbox.catalog), key)[0].size
         == target.stat().st_size
     )
     assert not inbox.tick().run_requests
