@@ -12,7 +12,8 @@ faults), each side in a fresh interpreter:
               pool `tile_inference` at 2, about 4 steps a scene; the default
               executor of the definitions): whole run, and the fan-out alone
               (plan_batches start to merge_findings end) against the loop.
-              The loop runs on one core; multiprocess uses both.
+              The loop runs on one core; multiprocess uses both. Like the
+              loop, each executor runs twice and the faster run counts.
   per tile    `max_tiles_per_batch=1` on a 3,000 x 3,000 mosaic (64 tiles):
               what one Dagster step per tile costs, against batching.
   rerun       the model fails every 10th tile permanently; the rerun with the
@@ -211,6 +212,12 @@ def pipeline(
     return run_side("bench.bench_fanout", ["pipeline", *args])
 
 
+def best_pipeline(path: Path, tile_size: int, executor: str) -> dict[str, Any]:
+    """Two fresh runs with the project's batching, the faster fan-out kept: the same best of two as the loop's."""
+    runs = [pipeline(path, tile_size, executor, executor) for _ in range(2)]
+    return min(runs, key=lambda r: r["fanout_seconds"])
+
+
 def batching(executor: str, max_tiles_per_batch: int | None) -> dict[str, int]:
     """`plan_batches` config as `tile-assets run --executor <executor>` sets it, or with at most
     `max_tiles_per_batch` tiles a step."""
@@ -390,10 +397,10 @@ def run(progress: Progress, side: int = 20_000, tile_size: int = 512, subset_sid
     scene, subset = mosaic(side), mosaic(subset_side)
     progress(f"fan-out: plain loop over {scene.name}, {tile_size} px tiles (best of 2)")
     base = plain(scene, tile_size)
-    progress("fan-out: pipeline, in-process executor")
-    in_process = pipeline(scene, tile_size, "in_process", "in_process")
-    progress("fan-out: pipeline, multiprocess executor (forkserver, pool of 2)")
-    multiprocess = pipeline(scene, tile_size, "multiprocess", "multiprocess")
+    progress("fan-out: pipeline, in-process executor (best of 2)")
+    in_process = best_pipeline(scene, tile_size, "in_process")
+    progress("fan-out: pipeline, multiprocess executor (forkserver, pool of 2; best of 2)")
+    multiprocess = best_pipeline(scene, tile_size, "multiprocess")
     progress(f"fan-out: one step per tile on {subset.name}, plain loop and both executors")
     subset_base = plain(subset, tile_size)
     per_tile = {

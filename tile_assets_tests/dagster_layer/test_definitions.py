@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -167,3 +170,15 @@ def test_processes_forked_after_import_freeze_the_heap_they_inherit() -> None:
     frozen = int(os.read(read, 64))
     os.waitpid(pid, 0)
     assert frozen > 10_000
+
+
+def test_loading_the_definitions_freezes_what_they_loaded() -> None:
+    """A fresh interpreter: after the import, the collector's full passes walk only what came later."""
+    script = (
+        "import gc, json, tile_assets.definitions; "
+        "print(json.dumps([gc.get_freeze_count(), len(gc.get_objects())]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    frozen, tracked = json.loads(out.stdout.strip().splitlines()[-1])
+    assert frozen > 100_000  # Dagster, the libraries and the definitions
+    assert tracked < frozen / 10
