@@ -12,7 +12,8 @@ A rerun, whose findings.parquet is already there, may update it instead
 `MAX_UPDATE_FINDINGS` findings are then held in memory as read, not
 spooled (spooling and reading back 470,000 findings cost ~1 s of a 4.7 s
 merge), and spooled after all if the scene turns out larger or must be
-merged whole.
+merged whole. The earlier file is read on a thread while the cache is
+(both are Arrow decoding, which runs without the GIL).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,13 +86,21 @@ class CachedScene:
         self.per_tile: Counter[str] = Counter()
         self._scratch = tempfile.TemporaryDirectory(prefix="tile-assets-merge-")
         self.rows = RowSpool(self.windows, Path(self._scratch.name))
-        self.held: list[pa.Table] | None = [] if store.exists(findings_uri) else None
+        self._reader: ThreadPoolExecutor | None = None
+        self._previous: Future[tuple[MergeBasis, pa.Table] | None] | None = None
+        """The earlier findings.parquet an update starts from, read on a thread while the cache is."""
+        if store.exists(findings_uri):
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="previous-findings")
+            self._previous = self._reader.submit(read_previous, store, findings_uri)
+        self.held: list[pa.Table] | None = [] if self._previous is not None else None
         """Findings not spooled (yet), while an update is possible; None once they go to the spool."""
 
     def __enter__(self) -> CachedScene:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(cancel_futures=True)
         self._scratch.cleanup()
 
     def add(self, cache: TileCache) -> None:
@@ -110,6 +120,7 @@ class CachedScene:
         for findings in self.held or []:
             self.rows.add(findings)
         self.held = None
+        self._previous = None  # no update: its table is let go once read
 
     def missing(self, failed: Mapping[str, TileResult]) -> tuple[TileWindow, ...]:
         """Windows neither cached nor in `failed`: their results were lost."""
@@ -173,9 +184,9 @@ class CachedScene:
 
     def _update(self, scene: SceneInfo, basis: MergeBasis, options: MergeOptions) -> list[pa.Table] | None:
         """The parts of an updated merge (kept rows, findings merged again), or None to merge the whole scene."""
-        if self.held is None:
+        if self.held is None or self._previous is None:
             return None
-        previous = read_previous(self.store, self.findings_uri)
+        previous = self._previous.result()
         new_tiles = previous[0].new_tiles(basis) if previous is not None else None
         if previous is None or new_tiles is None:
             return None
