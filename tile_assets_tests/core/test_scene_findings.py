@@ -241,11 +241,13 @@ def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str
 
 
 @pytest.mark.parametrize(("every_s", "per_file"), [(3600.0, 64), (0.0, inference.PREDICT_CHUNK)])
-def test_a_batch_caches_a_file_per_64_tiles_or_per_second(
+def test_a_batch_caches_a_file_per_n_tiles_or_per_second(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float, per_file: int
 ) -> None:
-    """A fast model's batch writes a chunk file per 64 tiles; once a second has passed, one per predict chunk."""
+    """A fast model's batch writes a chunk file per `CACHE_EVERY_TILES` (64 here, for a small scene);
+    once a second has passed, one per predict chunk."""
     monkeypatch.setattr(inference, "CACHE_EVERY_S", every_s)
+    monkeypatch.setattr(inference, "CACHE_EVERY_TILES", 64)
     scene = describe_scene(NAIP)
     spec = GridSpec(tile_size=64, overlap=0)
     windows = tuple(plan_grid(scene.width, scene.height, spec))[:150]
