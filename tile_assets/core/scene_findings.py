@@ -184,7 +184,7 @@ class CachedScene:
 
     def _update(self, scene: SceneInfo, basis: MergeBasis, options: MergeOptions) -> list[pa.Table] | None:
         """The parts of an updated merge (kept rows, findings merged again), or None to merge the whole scene."""
-        if self.held is None or self._previous is None:
+        if self._previous is None:  # no earlier file, or the findings went to the spool
             return None
         previous = self._previous.result()
         new_tiles = previous[0].new_tiles(basis) if previous is not None else None
