@@ -80,23 +80,24 @@ def findings_schema(imagery: ImageryStore, tile_findings: dict) -> dg.AssetCheck
     record batch at a time, so the check's memory does not grow with the
     number of findings.
     """
-    findings = ParquetBatches(imagery.catalog_store(), tile_findings["findings_uri"])
-    schema = findings.schema
-    geometry = _geometry_column(schema)
-    expected = FINDINGS_COLUMNS if geometry is None else {**FINDINGS_COLUMNS, geometry: WKB}
-    kinds = {c: _kind(schema.field(c).type) for c in expected if c in schema.names}
-    missing = sorted(set(expected) - set(kinds))
-    if geometry is None:
-        missing.append("geometry (no GeoParquet metadata)")
-    wrong = sorted(c for c, kind in kinds.items() if kind != expected[c])
-    readable = {c for c, kind in kinds.items() if kind == expected[c]}
-    invalid, bad_scores = _count_bad_rows(
-        findings, geometry if geometry in readable else None, "score" in readable
-    )
+    with ParquetBatches(imagery.catalog_store(), tile_findings["findings_uri"]) as findings:
+        schema = findings.schema
+        geometry = _geometry_column(schema)
+        expected = FINDINGS_COLUMNS if geometry is None else {**FINDINGS_COLUMNS, geometry: WKB}
+        kinds = {c: _kind(schema.field(c).type) for c in expected if c in schema.names}
+        missing = sorted(set(expected) - set(kinds))
+        if geometry is None:
+            missing.append("geometry (no GeoParquet metadata)")
+        wrong = sorted(c for c, kind in kinds.items() if kind != expected[c])
+        readable = {c for c, kind in kinds.items() if kind == expected[c]}
+        invalid, bad_scores = _count_bad_rows(
+            findings, geometry if geometry in readable else None, "score" in readable
+        )
+        rows = findings.rows
     return dg.AssetCheckResult(
         passed=not missing and not wrong and invalid == 0 and bad_scores == 0,
         metadata={
-            "rows": findings.rows,
+            "rows": rows,
             "missing_columns": ", ".join(missing) or "none",
             "wrong_types": ", ".join(wrong) or "none",
             "invalid_geometries": invalid,

@@ -96,28 +96,28 @@ def scene_synthesis(
     results = results_from_frame(read_parquet(store, tile_findings["tile_results_uri"]))
     # Findings stream past twice, a record batch at a time (the synthesis counts them, the preview
     # draws them), without the attributes or the geometry: the step never holds them all.
-    merged = ParquetBatches(store, tile_findings["findings_uri"])
-    synthesis = synthesize(
-        scene,
-        manifest,
-        results,
-        merged.batches(SYNTHESIS_COLUMNS),
-        model_name=tile_findings.get("model", ""),
-        model_version=tile_findings.get("model_version", ""),
-    )
-    written = llm_description(context, config, synthesis)
-    if written is not None:
-        synthesis["llm_description"] = written
+    with ParquetBatches(store, tile_findings["findings_uri"]) as merged:
+        synthesis = synthesize(
+            scene,
+            manifest,
+            results,
+            merged.batches(SYNTHESIS_COLUMNS),
+            model_name=tile_findings.get("model", ""),
+            model_version=tile_findings.get("model_version", ""),
+        )
+        written = llm_description(context, config, synthesis)
+        if written is not None:
+            synthesis["llm_description"] = written
 
-    source = imagery.store_for(scene.uri)
-    try:
-        with open_raster(source, scene.uri) as ds:
-            png = render_preview(
-                ds, merged.batches(PREVIEW_COLUMNS), synthesis["counts_by_label"]
-            )
-        VersionGuard(source, scene.uri, scene.source_version, scene.fingerprint).check()
-    except TileAssetsError as exc:
-        raise scene_failure(imagery, key, "scene_synthesis", exc) from exc
+        source = imagery.store_for(scene.uri)
+        try:
+            with open_raster(source, scene.uri) as ds:
+                png = render_preview(
+                    ds, merged.batches(PREVIEW_COLUMNS), synthesis["counts_by_label"]
+                )
+            VersionGuard(source, scene.uri, scene.source_version, scene.fingerprint).check()
+        except TileAssetsError as exc:
+            raise scene_failure(imagery, key, "scene_synthesis", exc) from exc
     preview_uri = imagery.scene_uri(key, "preview.png")
     store.write_bytes(preview_uri, png, "image/png")
     synthesis_uri = imagery.scene_uri(key, "synthesis.json")

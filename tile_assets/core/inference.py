@@ -248,22 +248,22 @@ def run_batch(
     unsaved: list[tuple[TileWindow, TileResult]] = []
     saved_at = time.monotonic()
 
-    def settle(tiles: list[TileImage], predicted: Future[list[TileResult | BaseException]], save: Callable) -> None:
+    def settle(windows: list[TileWindow], predicted: Future[list[TileResult | BaseException]], save: Callable) -> None:
         """Take a chunk's predictions as results or failure rows; cache what is due."""
         nonlocal unsaved, saved_at
         try:
             outcomes = predicted.result()
         except TransientError as exc:
-            transient.extend((t.window, exc) for t in tiles)
+            transient.extend((w, exc) for w in windows)
             outcomes = []
-        for tile, outcome in zip(tiles, outcomes, strict=False):
+        for window, outcome in zip(windows, outcomes, strict=False):
             if isinstance(outcome, TransientError):
-                transient.append((tile.window, outcome))
+                transient.append((window, outcome))
             elif isinstance(outcome, BaseException):
-                results[tile.window.tile_id] = failure_row(tile.window, outcome)
+                results[window.tile_id] = failure_row(window, outcome)
             else:
-                results[tile.window.tile_id] = replace(outcome, findings=()) if cache else outcome
-                unsaved.append((tile.window, outcome))
+                results[window.tile_id] = replace(outcome, findings=()) if cache else outcome
+                unsaved.append((window, outcome))
         if len(unsaved) >= CACHE_EVERY_TILES or time.monotonic() - saved_at >= CACHE_EVERY_S:
             save(unsaved)
             unsaved, saved_at = [], time.monotonic()
@@ -282,8 +282,9 @@ def run_batch(
             ) as predictor,
         ):
             todo = reader.in_read_order(todo)  # results still come back in the plan's order
-            in_flight: tuple[list[TileImage], Future[list[TileResult | BaseException]]] | None = None
-            # A chunk's results are settled after the next chunk's reads.
+            in_flight: tuple[list[TileWindow], Future[list[TileResult | BaseException]]] | None = None
+            # A chunk's results are settled after the next chunk's reads. Only its windows are kept
+            # for that: predicted inline, its pixels are let go before the next chunk is read.
             for start in range(0, len(todo), PREDICT_CHUNK):
                 tiles = read_chunk(reader, todo[start : start + PREDICT_CHUNK])
                 source.check()
@@ -292,8 +293,11 @@ def run_batch(
                 if not tiles:
                     report_progress()  # every read of the chunk failed: nothing to predict
                 in_flight = (
-                    (tiles, predictor.submit(_predict_isolated, model, tiles, predict_timeout_s)) if tiles else None
+                    ([t.window for t in tiles], predictor.submit(_predict_isolated, model, tiles, predict_timeout_s))
+                    if tiles
+                    else None
                 )
+                del tiles
             if in_flight is not None:
                 settle(*in_flight, put_chunk)
             if unsaved:

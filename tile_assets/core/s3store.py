@@ -9,11 +9,12 @@ windowed read touches, so pixels are never downloaded whole.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
@@ -187,6 +188,18 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise store_error(uri, exc) from exc
         return data
+
+    def open_read(self, uri: str) -> BinaryIO:
+        """The object downloaded to a local temporary file (deleted when closed), not into memory."""
+        bucket, key = split_s3_uri(uri)
+        local = tempfile.TemporaryFile(prefix="tile-assets-")
+        try:
+            self.client.download_fileobj(bucket, key, local)
+        except (ClientError, BotoCoreError) as exc:
+            local.close()
+            raise store_error(uri, exc) from exc
+        local.seek(0)
+        return local
 
     def write_bytes(self, uri: str, data: bytes, content_type: str = "") -> None:
         """One PutObject: S3 makes it visible whole or not at all, so no temp key is needed."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from tile_assets.core.errors import SourceChangedError, StoreError
@@ -62,6 +62,11 @@ class Store(Protocol):
     def exists(self, uri: str) -> bool: ...
 
     def read_bytes(self, uri: str) -> bytes: ...
+
+    def open_read(self, uri: str) -> BinaryIO:
+        """`uri` as a seekable binary file (the caller closes it), for readers that decode a big
+        object a part at a time (Parquet row groups): they hold only the parts they read."""
+        ...
 
     def write_bytes(self, uri: str, data: bytes, content_type: str = "") -> None:
         """Write all of `data` or nothing: readers never see a partial object."""
@@ -116,6 +121,12 @@ class LocalStore:
     def read_bytes(self, uri: str) -> bytes:
         try:
             return local_path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(uri, "no such file") from exc
+
+    def open_read(self, uri: str) -> BinaryIO:
+        try:
+            return local_path(uri).open("rb")
         except FileNotFoundError as exc:
             raise StoreError(uri, "no such file") from exc
 

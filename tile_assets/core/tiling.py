@@ -63,14 +63,17 @@ def valid_fractions(summary: MaskSummary, windows: Sequence[TileWindow]) -> np.n
     x1 = np.clip(np.ceil((col_off + width) / summary.scale_x), x0, cols).astype(np.int64)
     y1 = np.clip(np.ceil((row_off + height) / summary.scale_y), y0, rows).astype(np.int64)
 
-    def box_sums(values: np.ndarray) -> np.ndarray:
-        table = np.zeros((rows + 1, cols + 1), dtype=values.dtype)
-        table[1:, 1:] = values.cumsum(axis=0).cumsum(axis=1)
+    def box_sums(values: np.ndarray, dtype: type) -> np.ndarray:
+        # Summed in place: one table of the summary's size (8 MB at 1024 x 1024), not three.
+        table = np.zeros((rows + 1, cols + 1), dtype=dtype)
+        inner = table[1:, 1:]
+        np.cumsum(values, axis=0, dtype=dtype, out=inner)
+        np.cumsum(inner, axis=1, out=inner)
         return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
 
     cells = (x1 - x0) * (y1 - y0)
-    nonzero = box_sums((summary.valid > 0).astype(np.int64))
-    total = box_sums(summary.valid.astype(np.float64))
+    nonzero = box_sums(summary.valid > 0, np.int64)
+    total = box_sums(summary.valid, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         fractions = np.where(nonzero > 0, np.clip(total / cells, 0.0, 1.0), 0.0)
     return fractions

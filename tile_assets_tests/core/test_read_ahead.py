@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,6 +108,31 @@ def test_read_ahead_reads_the_next_chunk_while_the_model_predicts(
     else:
         assert all(min(chunk) > end for chunk, end in zip(chunks[1:], ends, strict=False))
         assert threads == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_a_predicted_chunk_lets_its_pixels_go_before_the_next_is_read(
+    monkeypatch: pytest.MonkeyPatch, read_ahead: bool
+) -> None:
+    """Inline, one chunk's pixels are held at a time; with read-ahead, two (one predicted, one read)."""
+    scene, plan = naip_plan(4 * inference.PREDICT_CHUNK)
+    tiles: list[weakref.ref[TileImage]] = []
+    most = 0
+    read = TileReader.read
+
+    def counted_read(reader: TileReader, window: TileWindow, spec: GridSpec) -> TileImage:
+        nonlocal most
+        most = max(most, sum(tile() is not None for tile in tiles))
+        tile = read(reader, window, spec)
+        tiles.append(weakref.ref(tile))
+        return tile
+
+    monkeypatch.setattr(TileReader, "read", counted_read)
+    # Read ahead, the model still predicts the previous chunk while this one is read.
+    report = run_batch(STORE, scene, plan, SPEC, TimedModel(0.3 if read_ahead else 0.0), read_ahead=read_ahead)
+    assert all(r.status == "ok" for r in report.results)
+    # Alive as the last tile of a chunk is read: the rest of that chunk, and the chunk before when read ahead.
+    assert most == (2 if read_ahead else 1) * inference.PREDICT_CHUNK - 1
 
 
 def test_only_runs_that_pick_the_in_process_executor_read_ahead() -> None:

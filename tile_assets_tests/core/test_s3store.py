@@ -99,6 +99,9 @@ def test_write_read_head_exists_delete(s3_bucket: str, store: S3Store) -> None:
     first = store.head(uri)
     assert store.exists(uri)
     assert store.read_bytes(uri) == b'{"a": 1}'
+    with store.open_read(uri) as downloaded:  # a local temporary file, seekable
+        downloaded.seek(6)
+        assert downloaded.read() == b"1}"
     assert first.size == 8 and first.uri == uri
     assert store.fingerprint(uri) == f"etag:{first.etag}"
     assert store.client.head_object(Bucket=s3_bucket, Key="catalog/items/a.json")[
@@ -116,7 +119,7 @@ def test_write_read_head_exists_delete(s3_bucket: str, store: S3Store) -> None:
 
 def test_missing_object_and_bucket_are_store_errors(s3_bucket: str, store: S3Store) -> None:
     missing = f"s3://{s3_bucket}/nope.tif"
-    for call in (store.head, store.read_bytes, store.fingerprint):
+    for call in (store.head, store.read_bytes, store.open_read, store.fingerprint):
         with pytest.raises(StoreError) as info:
             call(missing)
         assert not isinstance(info.value, TransientStoreError)

@@ -58,6 +58,9 @@ def test_write_is_atomic_and_leaves_no_temp_file(tmp_path: Path, store: LocalSto
     store.write_bytes(f"file://{target}", b"two")
 
     assert store.read_bytes(str(target)) == b"two"
+    with store.open_read(str(target)) as opened:
+        opened.seek(1)
+        assert opened.read() == b"wo"
     assert leftovers(target.parent) == []
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     info = store.head(str(target))
@@ -66,10 +69,9 @@ def test_write_is_atomic_and_leaves_no_temp_file(tmp_path: Path, store: LocalSto
     store.delete(str(target))
     assert not store.exists(str(target))
     store.delete(str(target))
-    with pytest.raises(StoreError, match="no such file"):
-        store.read_bytes(str(target))
-    with pytest.raises(StoreError, match="no such file"):
-        store.head(str(target))
+    for call in (store.read_bytes, store.open_read, store.head):
+        with pytest.raises(StoreError, match="no such file"):
+            call(str(target))
 
 
 @pytest.fixture

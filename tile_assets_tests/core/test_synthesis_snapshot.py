@@ -116,12 +116,11 @@ def current_outputs(name: str, folder: Path, batch_rows: int) -> dict[str, objec
     scene = scene_of(name)
     uri = str(folder / "findings.parquet")
     pq.write_table(arrow_findings(random_findings(scene, n, seed)), uri, row_group_size=50)
-    findings = ParquetBatches(STORE, uri)
     manifest, results = scene_tiles(scene)
-    synthesis = synthesize(
-        scene, manifest, results, findings.batches(SYNTHESIS_COLUMNS, batch_rows)
-    )
-    with rasterio.open(INBOX / name) as ds:
+    with ParquetBatches(STORE, uri) as findings, rasterio.open(INBOX / name) as ds:
+        synthesis = synthesize(
+            scene, manifest, results, findings.batches(SYNTHESIS_COLUMNS, batch_rows)
+        )
         png = render_preview(
             ds,
             findings.batches(PREVIEW_COLUMNS, batch_rows),
