@@ -2,6 +2,7 @@
 
 
 import json
+import warnings
 
 import dagster as dg
 import numpy as np
@@ -12,6 +13,12 @@ from tile_assets.core.geo import valid_wkb
 from tile_assets.core.tables import ParquetBatches
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
+
+# A check per scene partition (`partitions_def` on an asset check) is a preview feature of
+# Dagster 1.13, used here knowingly: its warning is not printed to every user of the CLI and UI.
+warnings.filterwarnings(
+    "ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
 
 COVERAGE_THRESHOLD = 0.98
 TEXT, DOUBLE, WKB = "text", "double", "binary"

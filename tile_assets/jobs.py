@@ -7,12 +7,10 @@ from tile_assets.assets.findings import tile_findings
 from tile_assets.assets.scenes import source_images
 from tile_assets.assets.synthesis import scene_synthesis
 from tile_assets.assets.tiles import tiles
-from tile_assets.partitions import scenes
 
 process_scene = dg.define_asset_job(
     "process_scene",
     selection=dg.AssetSelection.assets(source_images, tiles, tile_findings, scene_synthesis),
-    partitions_def=scenes,
     description="Validate, tile, analyze, merge and synthesize one scene partition.",
 )
 

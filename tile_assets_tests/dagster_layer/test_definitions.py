@@ -182,3 +182,13 @@ def test_loading_the_definitions_freezes_what_they_loaded() -> None:
     frozen, tracked = json.loads(out.stdout.strip().splitlines()[-1])
     assert frozen > 100_000  # Dagster, the libraries and the definitions
     assert tracked < frozen / 10
+
+
+def test_loading_the_definitions_prints_no_warning() -> None:
+    """The CLI and the web UI start without Dagster's preview warning for the per-partition checks,
+    and the project calls no deprecated API (a warning would name one of its files)."""
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import tile_assets.definitions"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "PreviewWarning" not in out.stderr and "tile_assets/" not in out.stderr, out.stderr
