@@ -18,11 +18,6 @@ import pyarrow.compute as pc
 
 from tile_assets.core.types import Finding
 
-# Arrow's default pool (mimalloc) keeps the segments it frees: reading a scene's cache
-# files one after another left RSS 50 MB higher than the system allocator, which gives
-# them back (measured on 122,826 findings in 40 files; same speed).
-pa.set_memory_pool(pa.system_memory_pool())
-
 BOX_COLUMNS = ("px_x0", "px_y0", "px_x1", "px_y1")
 FINDINGS_SCHEMA = pa.schema(
     [
