@@ -1,6 +1,8 @@
 """`source_images`: each scene's object validated and described, its version fingerprinted."""
 
 
+import warnings
+
 import dagster as dg
 
 from tile_assets.assets import CODE_VERSION, GROUP
@@ -12,6 +14,12 @@ from tile_assets.core.gate.screen import screen_source
 from tile_assets.core.registry import lookup_registration
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
+
+# The scene's data version (its content fingerprint) is what makes reruns incremental; Dagster 1.13
+# calls `Output(data_version=...)` beta. Used knowingly: its warning is not printed at every run.
+warnings.filterwarnings(
+    "ignore", message="Parameter `data_version` of initializer `Output.__init__`", category=dg.BetaWarning
+)
 
 
 class SourceConfig(dg.Config):

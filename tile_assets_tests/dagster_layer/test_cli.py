@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -109,6 +110,8 @@ def good_run(tmp_path: Path, dagster_home: Path) -> CliRun:
 
 def test_run_builds_the_catalog(good_run: CliRun, instance: dg.DagsterInstance) -> None:
     assert good_run.returncode == 0, good_run.output[-3000:]
+    # No Python warning (Dagster's beta and preview notices for features used knowingly) reaches the user.
+    assert not re.search(r"\w+Warning: ", good_run.output), good_run.output[-3000:]
     for name in GOOD:
         assert_complete(good_run, name)
         assert good_run.key(name) in good_run.output
