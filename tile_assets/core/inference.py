@@ -32,8 +32,8 @@ from tile_assets.core.types import Finding, GridSpec, SceneInfo, TileResult, Til
 log = logging.getLogger(__name__)
 
 PREDICT_CHUNK = 8
-"""Tiles decoded and predicted together. Two chunks are held at once (the one predicted
-and the next one read, see `run_batch`'s `read_ahead`): memory holds 16 tiles' pixels."""
+"""Tiles decoded and predicted together. With `run_batch`'s `read_ahead`, two chunks are held
+at once (the one predicted and the next one read): 16 tiles' pixels; predicted inline, one."""
 CACHE_EVERY_S = 1.0
 CACHE_EVERY_TILES = 256
 """A batch writes what it has inferred to the cache (one chunk file) once a second or
