@@ -64,7 +64,8 @@ def valid_fractions(summary: MaskSummary, windows: Sequence[TileWindow]) -> np.n
     y1 = np.clip(np.ceil((row_off + height) / summary.scale_y), y0, rows).astype(np.int64)
 
     def box_sums(values: np.ndarray, dtype: type) -> np.ndarray:
-        # Summed in place: one table of the summary's size (8 MB at 1024 x 1024), not three.
+        # Summed into the table: 8 MB at 1024 x 1024, plus the copy numpy makes for the in-place
+        # pass along rows, 16 MB in all where the cast, two cumsums and the table took 32.
         table = np.zeros((rows + 1, cols + 1), dtype=dtype)
         inner = table[1:, 1:]
         np.cumsum(values, axis=0, dtype=dtype, out=inner)
