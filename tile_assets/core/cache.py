@@ -4,7 +4,7 @@ A rerun finds every tile that already succeeded here and infers only the
 rest; a new image version or a new model name/version/params misses.
 Failed tiles are never cached, so a rerun retries them.
 
-Results are written a chunk at a time (a second's work or 64 tiles, see
+Results are written a chunk at a time (a second's work, 256 tiles or 8,192 findings, see
 `run_batch`), one Parquet file per chunk: its findings as columns (with each
 one's `tile_key`), and in the file's metadata the chunk's tiles (cover,
 valid pixels) and run group. A scene of thousands of tiles costs tens to a

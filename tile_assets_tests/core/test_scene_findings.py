@@ -240,14 +240,20 @@ def test_other_strategies_go_through_the_same_path(tmp_path: Path, strategy: str
     assert canonical(table_findings(pq.read_table(uri))) == canonical(expected)
 
 
-@pytest.mark.parametrize(("every_s", "per_file"), [(3600.0, 64), (0.0, inference.PREDICT_CHUNK)])
-def test_a_batch_caches_a_file_per_n_tiles_or_per_second(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float, per_file: int
+@pytest.mark.parametrize(
+    ("every_s", "every_findings", "per_file"),
+    [(3600.0, 10_000, 64), (0.0, 10_000, inference.PREDICT_CHUNK), (3600.0, 20, 3 * inference.PREDICT_CHUNK)],
+)
+def test_a_batch_caches_a_file_per_n_tiles_per_n_findings_or_per_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_s: float, every_findings: int, per_file: int
 ) -> None:
     """A fast model's batch writes a chunk file per `CACHE_EVERY_TILES` (64 here, for a small scene);
-    once a second has passed, one per predict chunk."""
+    once a second has passed, one per predict chunk; with many findings a tile, once the predict
+    chunks since the last file hold `CACHE_EVERY_FINDINGS` (one finding a tile here: 20 findings
+    are reached at the third chunk of 8 tiles)."""
     monkeypatch.setattr(inference, "CACHE_EVERY_S", every_s)
     monkeypatch.setattr(inference, "CACHE_EVERY_TILES", 64)
+    monkeypatch.setattr(inference, "CACHE_EVERY_FINDINGS", every_findings)
     scene = describe_scene(NAIP)
     spec = GridSpec(tile_size=64, overlap=0)
     windows = tuple(plan_grid(scene.width, scene.height, spec))[:150]
