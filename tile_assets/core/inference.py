@@ -5,8 +5,10 @@ holds, predicts the rest in small chunks (bounded memory), turns a tile that
 fails permanently into a failure row and goes on. Transient failures
 (including a predict call that outlives its timeout) are either raised at the
 end (so the step is retried and the tiles already done stay cached) or, on
-the last attempt, recorded as failure rows. Before any result of a chunk is
-kept, the source is checked to still be the version the run started on.
+the last attempt, recorded as failure rows: then a chunk whose predict call
+failed transiently is predicted again tile by tile, so one hung or throttled
+tile does not take its chunk with it. Before any result of a chunk is kept,
+the source is checked to still be the version the run started on.
 """
 
 from __future__ import annotations
@@ -154,14 +156,22 @@ def predict_within(model: TileModel, tiles: list[TileImage], timeout_s: float | 
 
 
 def _predict_isolated(
-    model: TileModel, tiles: list[TileImage], timeout_s: float | None
+    model: TileModel, tiles: list[TileImage], timeout_s: float | None, final_attempt: bool
 ) -> list[TileResult | BaseException]:
-    """Predict a chunk at once; if that raises, tile by tile so one bad tile fails alone."""
+    """Predict a chunk at once; if that raises, tile by tile so one bad tile fails alone.
+
+    A transient error of the chunk's call is raised as it is (the step's
+    retry redoes the chunk later, with backoff) unless this is the last
+    attempt, where isolating is the only way left to keep the chunk's good
+    tiles: it costs up to one timeout per tile when the chunk had hung.
+    """
     try:
         predictions = predict_within(model, tiles, timeout_s)
         return [to_scene_result(model, t, p) for t, p in zip(tiles, predictions, strict=True)]
-    except TransientError:
-        raise
+    except TransientError as exc:
+        if not final_attempt or len(tiles) == 1:
+            raise
+        log.info("chunk prediction failed transiently on the last attempt (%s); %d tiles one by one", exc, len(tiles))
     except Exception:  # noqa: BLE001 - isolate below, per tile
         log.info("chunk prediction failed; retrying %d tiles one by one", len(tiles))
     out: list[TileResult | BaseException] = []
@@ -210,7 +220,8 @@ def run_batch(
     With `final_attempt=False`, transient failures raise `TransientBatchError`
     after all other tiles are done and cached, so a retry redoes only them.
     A predict call (one chunk of up to `PREDICT_CHUNK` tiles) running longer
-    than `predict_timeout_s` is a transient failure of its tiles. Raises
+    than `predict_timeout_s` is a transient failure of its tiles (on the last
+    attempt, of those that fail again when predicted one by one). Raises
     `SourceChangedError` when the source is no longer the version `scene`
     describes: checked before reading and after each chunk's reads, before
     any of the chunk's results is cached. With `read_ahead`, the model
@@ -302,7 +313,10 @@ def run_batch(
                 if not tiles:
                     report_progress()  # every read of the chunk failed: nothing to predict
                 in_flight = (
-                    ([t.window for t in tiles], predictor.submit(_predict_isolated, model, tiles, predict_timeout_s))
+                    (
+                        [t.window for t in tiles],
+                        predictor.submit(_predict_isolated, model, tiles, predict_timeout_s, final_attempt),
+                    )
                     if tiles
                     else None
                 )

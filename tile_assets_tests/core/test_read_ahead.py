@@ -63,6 +63,19 @@ def test_transient_failures_end_the_batch_after_the_other_chunks_are_cached(tmp_
     assert len(cached) == len(ids) - inference.PREDICT_CHUNK and ids[9] not in cached
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_on_the_last_attempt_a_transient_chunk_is_tried_tile_by_tile(tmp_path: Path, read_ahead: bool) -> None:
+    """The chunk's other tiles succeed alone; only the tile that fails again is a failure row."""
+    scene, plan = naip_plan(24)
+    ids = [w.tile_id for w in plan.windows]
+    model = FlakyModel(state_dir=str(tmp_path / "state"), transient_tiles={ids[9]: 5})
+    cache = TileCache(STORE, str(tmp_path / "catalog"), "flaky-1", scene.fingerprint)
+    report = run_batch(STORE, scene, plan, SPEC, model, cache, final_attempt=True, read_ahead=read_ahead)
+    failed = [(r.tile_id, r.error_type) for r in report.results if r.status == "failed"]
+    assert failed == [(ids[9], "TransientModelError")]
+    assert [w.tile_id for w in plan.windows if not cache.has(w)] == [ids[9]]
+
+
 class TimedModel:
     """Records when each predict call runs; each takes `seconds`."""
 
