@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 PREDICT_CHUNK = 8
 """Tiles decoded and predicted together. With `run_batch`'s `read_ahead`, two chunks are held
 at once (the one predicted and the next one read): 16 tiles' pixels; predicted inline, one."""
+STUCK_AFTER_TIMEOUTS = 2
+"""Predict calls of single tiles that time out in a row before the rest of their chunk is failed
+without a call: one hanging tile is isolated, a hung backend is not waited on once a tile."""
 CACHE_EVERY_S = 1.0
 CACHE_EVERY_TILES = 256
 CACHE_EVERY_FINDINGS = 8192
@@ -163,7 +166,10 @@ def _predict_isolated(
     A transient error of the chunk's call is raised as it is (the step's
     retry redoes the chunk later, with backoff) unless this is the last
     attempt, where isolating is the only way left to keep the chunk's good
-    tiles: it costs up to one timeout per tile when the chunk had hung.
+    tiles. One by one, a tile that hangs costs one timeout; after
+    `STUCK_AFTER_TIMEOUTS` in a row the backend is taken as stuck and the
+    chunk's remaining tiles fail without a call, so a stuck backend costs
+    a few timeouts a chunk, not one a tile.
     """
     try:
         predictions = predict_within(model, tiles, timeout_s)
@@ -175,11 +181,18 @@ def _predict_isolated(
     except Exception:  # noqa: BLE001 - isolate below, per tile
         log.info("chunk prediction failed; retrying %d tiles one by one", len(tiles))
     out: list[TileResult | BaseException] = []
+    timeouts = 0  # in a row
     for tile in tiles:
+        if timeouts >= STUCK_AFTER_TIMEOUTS:
+            reason = f"not predicted alone: the {timeouts} predict calls before it on this chunk timed out"
+            out.append(ModelTimeoutError(model.name, reason))
+            continue
         try:
             (prediction,) = predict_within(model, [tile], timeout_s)
             out.append(to_scene_result(model, tile, prediction))
+            timeouts = 0
         except Exception as exc:  # noqa: BLE001 - a tile's failure becomes its row
+            timeouts = timeouts + 1 if isinstance(exc, ModelTimeoutError) else 0
             out.append(exc)
     return out
 
