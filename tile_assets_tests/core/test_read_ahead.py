@@ -51,29 +51,27 @@ def test_failures_and_cache_are_the_same_with_or_without_read_ahead(tmp_path: Pa
 
 
 @pytest.mark.parametrize("read_ahead", [False, True])
-def test_transient_failures_end_the_batch_after_the_other_chunks_are_cached(tmp_path: Path, read_ahead: bool) -> None:
+@pytest.mark.parametrize("final_attempt", [False, True])
+def test_a_transient_tile_fails_its_chunk_until_the_last_attempt_tries_it_alone(
+    tmp_path: Path, read_ahead: bool, final_attempt: bool
+) -> None:
+    """Before the last attempt, a transient error fails its predict call, the chunk it holds, and
+    ends the batch once the other chunks are cached; on the last attempt the chunk's other tiles
+    succeed alone and only the tile that fails again is a failure row."""
     scene, plan = naip_plan(24)
     ids = [w.tile_id for w in plan.windows]
     model = FlakyModel(state_dir=str(tmp_path / "state"), transient_tiles={ids[9]: 5})
     cache = TileCache(STORE, str(tmp_path / "catalog"), "flaky-1", scene.fingerprint)
+    if final_attempt:
+        report = run_batch(STORE, scene, plan, SPEC, model, cache, final_attempt=True, read_ahead=read_ahead)
+        failed = [(r.tile_id, r.error_type) for r in report.results if r.status == "failed"]
+        assert failed == [(ids[9], "TransientModelError")]
+        assert [w.tile_id for w in plan.windows if not cache.has(w)] == [ids[9]]
+        return
     with pytest.raises(TransientBatchError, match=ids[9]):
         run_batch(STORE, scene, plan, SPEC, model, cache, final_attempt=False, read_ahead=read_ahead)
-    # A transient error fails its predict call, the chunk it holds: the other chunks are cached.
     cached = [w.tile_id for w in plan.windows if cache.has(w)]
     assert len(cached) == len(ids) - inference.PREDICT_CHUNK and ids[9] not in cached
-
-
-@pytest.mark.parametrize("read_ahead", [False, True])
-def test_on_the_last_attempt_a_transient_chunk_is_tried_tile_by_tile(tmp_path: Path, read_ahead: bool) -> None:
-    """The chunk's other tiles succeed alone; only the tile that fails again is a failure row."""
-    scene, plan = naip_plan(24)
-    ids = [w.tile_id for w in plan.windows]
-    model = FlakyModel(state_dir=str(tmp_path / "state"), transient_tiles={ids[9]: 5})
-    cache = TileCache(STORE, str(tmp_path / "catalog"), "flaky-1", scene.fingerprint)
-    report = run_batch(STORE, scene, plan, SPEC, model, cache, final_attempt=True, read_ahead=read_ahead)
-    failed = [(r.tile_id, r.error_type) for r in report.results if r.status == "failed"]
-    assert failed == [(ids[9], "TransientModelError")]
-    assert [w.tile_id for w in plan.windows if not cache.has(w)] == [ids[9]]
 
 
 class TimedModel:
