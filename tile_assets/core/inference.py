@@ -48,7 +48,7 @@ loses about a second of work, and a fast model writes few files (2,401 trivial t
 files instead of 38 at 64 tiles or 151 at 16, each a PUT on S3 and a read in the merge; that
 merge took 0.17-0.19 s instead of 0.22 s at 64). Until written, findings are Python objects
 of ~550 bytes each: the findings bound keeps that under ~5 MB however fast the model is
-(the default model finds ~200 a tile; 256 of its tiles held 28 MB)."""
+(the default model finds ~200 a tile: 256 of its tiles would hold ~28 MB)."""
 
 Progress = Callable[[int, int, int], None]
 """Called as (tiles done, tiles failed, tiles in batch) after each chunk."""
