@@ -28,7 +28,7 @@ from tile_assets.assets.findings import BatchingConfig
 from tile_assets.core.errors import PolicyError, StoreError, TileAssetsError
 from tile_assets.core.inbox import SceneChange, ignore_reason, object_version
 from tile_assets.core.keys import model_key, scene_key
-from tile_assets.core.models.registry import load_model
+from tile_assets.core.models.registry import DEFAULT_MODEL, load_model
 from tile_assets.core.registry import register_scene, registered_fingerprint
 from tile_assets.core.store import Store, is_s3_uri, join_uri
 from tile_assets.definitions import build_definitions, catalog_job, scene_job
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tile-size", type=int, default=512, help="tile side in pixels; 0 chooses from image size and resolution")
     run.add_argument("--overlap", type=float, default=0.2, help="overlap: a ratio below 1, or pixels")
     run.add_argument("--edge", choices=["shift", "pad"], default="shift", help="edge tiles shifted inward or padded")
-    run.add_argument("--model", default="classical", help="tile model (entry point in tile_assets.models)")
+    run.add_argument("--model", default=DEFAULT_MODEL, help="tile model (entry point in tile_assets.models)")
     run.add_argument("--model-params", default="{}", help="model params as JSON")
     run.add_argument("--merge", choices=["greedy_nmm", "nms", "none"], default="greedy_nmm", help="cross-tile merge")
     run.add_argument("--match", choices=["ios", "iou"], default="ios", help="box matching metric of the merge")

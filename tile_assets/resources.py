@@ -20,8 +20,9 @@ from tile_assets.core.gate.area import AreaPolicyCheck, load_areas
 from tile_assets.core.gate.base import Gate, GateCheck, policy_fingerprint
 from tile_assets.core.gate.blocklist import DEFAULT_MAX_DISTANCE, BlocklistCheck, parse_blocklist
 from tile_assets.core.gate.moderation import ModerationCheck
+from tile_assets.core.inference import PREDICT_CHUNK
 from tile_assets.core.models.base import TileModel
-from tile_assets.core.models.registry import load_model
+from tile_assets.core.models.registry import DEFAULT_MODEL, load_model
 from tile_assets.core.source_version import Fingerprint, described_fingerprint
 from tile_assets.core.store import S3Settings, Store, join_uri, open_store
 
@@ -107,12 +108,13 @@ class CatalogJsonIOManager(dg.ConfigurableIOManager):
 class TileModelResource(dg.ConfigurableResource):
     """The per-tile model, chosen per run: a name from the `tile_assets.models` entry points and its params."""
 
-    name: str = "classical"
+    name: str = DEFAULT_MODEL
     params_json: str = "{}"
     predict_timeout_s: float = Field(
         300.0,
-        description="a predict call (up to 16 tiles) running longer fails its tiles transiently, "
-        "so the step is retried; 0: no limit. A hung call's thread lingers until its process ends",
+        description=f"a predict call (up to {PREDICT_CHUNK} tiles) running longer fails its tiles transiently, "
+        "so the step is retried (on the last attempt they are tried one by one); 0: no limit. "
+        "A hung call's thread lingers until its process ends",
     )
 
     def timeout(self) -> float | None:

@@ -20,6 +20,8 @@ from tile_assets.core.models.base import TileModel
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "tile_assets.models"
+DEFAULT_MODEL = "classical"
+"""The model a run uses unless told otherwise (`ClassicalModel`: CPU-only, nothing to download)."""
 
 
 @cache
