@@ -273,12 +273,11 @@ def run_batch(
         return tiles
 
     unsaved: list[tuple[TileWindow, TileResult]] = []
-    unsaved_findings = 0
     saved_at = time.monotonic()
 
     def settle(windows: list[TileWindow], predicted: Future[list[TileResult | BaseException]], save: Callable) -> None:
         """Take a chunk's predictions as results or failure rows; cache what is due."""
-        nonlocal unsaved, unsaved_findings, saved_at
+        nonlocal unsaved, saved_at
         try:
             outcomes = predicted.result()
         except TransientError as exc:
@@ -292,14 +291,13 @@ def run_batch(
             else:
                 results[window.tile_id] = replace(outcome, findings=()) if cache else outcome
                 unsaved.append((window, outcome))
-                unsaved_findings += len(outcome.findings)
         if (
             len(unsaved) >= CACHE_EVERY_TILES
-            or unsaved_findings >= CACHE_EVERY_FINDINGS
+            or sum(len(r.findings) for _, r in unsaved) >= CACHE_EVERY_FINDINGS
             or time.monotonic() - saved_at >= CACHE_EVERY_S
         ):
             save(unsaved)
-            unsaved, unsaved_findings, saved_at = [], 0, time.monotonic()
+            unsaved, saved_at = [], time.monotonic()
         report_progress()
 
     if todo:
