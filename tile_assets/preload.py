@@ -9,7 +9,9 @@ scipy.ndimage) are ready in the server: every step process forked from it
 starts with them instead of paying each on first use (measured in a forked
 step: 25 MB and 24 ms for GDAL's first open and read, 21 MB and 18 ms for
 Parquet's first write and read, 4.4 MB and 47 ms for loading the default
-model). Nothing is left open and no thread is started, so forking stays safe.
+model). Nothing is left open and no thread is started but the one scipy's own
+OpenBLAS starts when it loads, as numpy's does; OpenBLAS stops its pool at
+fork, so forking stays safe.
 """
 
 import numpy as np
