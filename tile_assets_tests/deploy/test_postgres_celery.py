@@ -188,6 +188,11 @@ def celery_workers(deployment: dict[str, str], tmp_path_factory: pytest.TempPath
     names = [f"tile-assets-{token}-{i}" for i in range(WORKERS)]
     logs = [log_dir / f"{name}.log" for name in names]
     command = [str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+    # The tables first, once: two workers creating them at once on the empty database race.
+    subprocess.run(
+        [str(VENV_BIN / "dagster"), "instance", "migrate"],
+        cwd=REPO_ROOT, env={**os.environ, **deployment}, check=True, capture_output=True, timeout=300,
+    )
     processes = []
     try:
         for name, log in zip(names, logs):
