@@ -2,7 +2,9 @@
 
 Run keys are `partition_key:version` (ETag on S3, content hash locally), so a
 re-listed object never starts a second run and an overwritten one starts
-exactly one. Work per tick is bounded; the cursor resumes the listing.
+exactly one. Work per tick is bounded; the cursor resumes the listing and
+names the file beside the catalog that holds each known scene's version
+(`InboxState.save`).
 """
 
 
@@ -13,7 +15,7 @@ from typing import TypeVar
 import dagster as dg
 
 from tile_assets.core.errors import TileAssetsError
-from tile_assets.core.inbox import InboxState, SceneChange, scan_inbox
+from tile_assets.core.inbox import InboxState, SceneChange, scan_inbox, state_folder
 from tile_assets.core.registry import forget_scene, register_scene
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
@@ -93,15 +95,25 @@ def scene_run_request(change: SceneChange) -> dg.RunRequest:
     description="Watches the inbox prefix (local folder or s3://) for new, changed and deleted images.",
 )
 def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore) -> dg.SensorResult | dg.SkipReason:
-    state = InboxState.decode(context.cursor)
+    folder = state_folder(imagery.catalog, imagery.inbox)
     try:
-        scan = scan_inbox(imagery.inbox_store(), imagery.inbox, state, MAX_OBJECTS_PER_TICK)
         catalog_store = imagery.catalog_store()
+        loaded_from = context.cursor
+        state = InboxState.load(catalog_store, folder, loaded_from)
+        if state is None:  # as a new sensor does: runs are not repeated (run keys, `already_materialized`)
+            loaded_from = None
+            context.log.warning(
+                f"the sensor state the cursor names is gone from {folder}; a new pass over the inbox starts, "
+                "and deletions from the inbox before it are not noticed"
+            )
+            state = InboxState()
+        scan = scan_inbox(imagery.inbox_store(), imagery.inbox, state, MAX_OBJECTS_PER_TICK)
         run_all(
             lambda c: register_scene(catalog_store, imagery.catalog, c.partition_key, c.obj, c.fingerprint),
             scan.changes,
         )
         run_all(lambda key: forget_scene(catalog_store, imagery.catalog, key), scan.deleted)
+        cursor = scan.state.save(catalog_store, folder, loaded_from)
     except TileAssetsError as exc:
         context.log.error(f"inbox scan failed, cursor kept for the next tick: {exc}")
         return dg.SkipReason(f"inbox scan failed: {exc}")
@@ -130,5 +142,5 @@ def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=partition_requests,
-        cursor=scan.state.encode(),
+        cursor=cursor,
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -235,3 +237,44 @@ def test_scenes_already_materialized_at_that_version_are_not_rerun(inbox: Inbox)
     shutil.copy(INBOX / "colorado_aerial_cl1.tif", inbox.folder / "rgb-byte-tenth.tif")
     changed = inbox.tick()
     assert [r.partition_key for r in changed.run_requests or []] == [done]
+
+
+def test_the_cursor_names_a_state_file_beside_the_catalog(inbox: Inbox) -> None:
+    """The versions of known scenes are not in the cursor, which Dagster stores with every tick."""
+    inbox.tick()
+    assert inbox.cursor is not None and len(inbox.cursor) < 300
+    name = json.loads(inbox.cursor)["state"]
+    (state,) = (inbox.catalog / "_sensor").rglob("*.json.gz")
+    assert state.name == name
+    assert all(inbox.key(image) in gzip.decompress(state.read_bytes()).decode() for image in IMAGES)
+
+
+def test_a_tick_whose_result_was_not_stored_is_redone_from_the_cursor_before(inbox: Inbox) -> None:
+    """E.g. the daemon died before storing it: the same requests come again (their run keys dedupe them)."""
+    inbox.tick()
+    before = inbox.cursor
+    copy_images(inbox.folder, INBOX / MORE_IMAGES[0])
+    lost = inbox.evaluate()  # never stored: the cursor stays
+    assert isinstance(lost, dg.SensorResult)
+    again = inbox.tick()
+    assert inbox.cursor != before
+    assert [r.run_key for r in scene_requests(again)] == [r.run_key for r in scene_requests(lost)]
+    assert len(scene_requests(again)) == 1
+    assert not inbox.tick().run_requests
+
+
+def test_a_lost_state_file_starts_a_new_pass_that_repeats_no_run(inbox: Inbox) -> None:
+    first = {r.run_key for r in scene_requests(inbox.tick())}
+    shutil.rmtree(inbox.catalog / "_sensor")
+    for key in sorted(first):  # as if their runs had succeeded: the scenes are materialized at that version
+        partition, version = key.split(":", 1)
+        inbox.instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=source_images.key, partition=partition, tags={"dagster/data_version": f"sha256:{version}"}
+            )
+        )
+    again = inbox.tick()
+    assert not scene_requests(again)  # every scene checked again, none run again
+    assert not added_keys(again)
+    assert json.loads(inbox.cursor or "{}")["state"]  # and a new state file is named
+    assert not inbox.tick().run_requests

@@ -149,7 +149,10 @@ def test_first_tick_registers_every_image_and_requests_one_run_each(lab: Lab) ->
         assert entry["uri"] == f"s3://{lab.bucket}/{keys[partition_key]}"
         assert entry["etag"] == lab.etag(keys[partition_key])
     written = set(bucket_keys(lab.client, lab.bucket)) - set(listed)
-    assert written and all(k.startswith("catalog/_registry/") for k in written)
+    (state, *others) = sorted(k for k in written if k.startswith("catalog/_sensor/"))
+    assert not others  # what the sensor knows: one file beside the catalog, which the cursor names
+    assert state.endswith("/" + json.loads(lab.sensor.cursor or "{}")["state"])
+    assert written - {state} == {f"catalog/_registry/{partition_key}.json" for partition_key in keys}
 
     again = lab.sensor.tick()
     assert not again.run_requests and not again.dynamic_partitions_requests
