@@ -16,6 +16,7 @@ import dagster as dg
 
 from tile_assets.checks import COVERAGE_THRESHOLD
 from tile_assets.core.errors import StoreError, TileAssetsError
+from tile_assets.core.store import Store
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
@@ -59,9 +60,9 @@ def retry_due(attempts: list[float], now: float) -> bool:
     return now - max(attempts) >= BASE_BACKOFF_SECONDS * 2 ** (len(attempts) - 1)
 
 
-def _status(imagery: ImageryStore, key: str) -> dict | None:
+def _status(imagery: ImageryStore, store: Store, key: str) -> dict | None:
     try:
-        return json.loads(imagery.catalog_store().read_bytes(imagery.scene_uri(key, "status.json")))
+        return json.loads(store.read_bytes(imagery.scene_uri(key, "status.json")))
     except StoreError:
         return None
 
@@ -84,6 +85,7 @@ def retry_incomplete_scenes(
         context.log.warning(f"gate policy unreadable, rejected scenes are not retried: {exc}")
         gate_policy = ""
     requests = []
+    store = imagery.catalog_store()  # one for the tick: an S3 store builds a boto3 client (~10 ms)
     for key in context.instance.get_dynamic_partitions(scenes.name):
         records = context.instance.get_run_records(
             filters=dg.RunsFilter(tags={"dagster/partition": key}, job_name=process_scene.name), limit=20
@@ -91,7 +93,7 @@ def retry_incomplete_scenes(
         if not records or not records[0].dagster_run.is_finished:
             continue
         last = records[0].dagster_run
-        reason = needs_retry(_status(imagery, key), last.is_failure, gate_policy)
+        reason = needs_retry(_status(imagery, store, key), last.is_failure, gate_policy)
         if reason is None:
             continue
         version = last.tags.get("tile_assets/version", "")

@@ -2,6 +2,7 @@
 
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import pandas as pd
@@ -10,7 +11,8 @@ import pystac
 from tile_assets.assets import CODE_VERSION, GROUP
 from tile_assets.assets.synthesis import scene_synthesis
 from tile_assets.core.catalog import build_collection, items_frame, write_geoparquet, write_stac_json
-from tile_assets.core.errors import StoreError
+from tile_assets.core.errors import StoreError, TransientStoreError
+from tile_assets.core.store import Store
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
 
@@ -28,11 +30,42 @@ CATALOG_AUTOMATION = (
 that newly fails refreshes it too, so the catalog lists it as failed instead of leaving it out."""
 
 
-def _read_json(imagery: ImageryStore, uri: str) -> dict | None:
+SCENE_READERS = 8
+"""Scenes whose files are read at once: one GET after another is a round trip each (a few ms on
+a local S3 server, tens on AWS), and boto3's client pools 10 connections."""
+
+
+def _read_json(store: Store, uri: str) -> dict | None:
+    """A scene's JSON file, or None when it is missing. A transient error is raised, so the catalog
+    is not published with a complete scene listed as pending; so is a file that is not JSON."""
     try:
-        return json.loads(imagery.catalog_store().read_bytes(uri))
+        data = store.read_bytes(uri)
+    except TransientStoreError:
+        raise
     except StoreError:
         return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ValueError(f"{uri}: not JSON ({exc})") from exc
+
+
+def _scene_files(imagery: ImageryStore, store: Store, keys: list[str]) -> list[tuple[str, dict, dict | None]]:
+    """Each scene's status.json (pending when absent) and, for a complete scene, its item.json.
+
+    A scene whose file is not JSON is listed as unreadable, with the reason; the others go on.
+    """
+
+    def read(key: str) -> tuple[str, dict, dict | None]:
+        try:
+            status = _read_json(store, imagery.scene_uri(key, "status.json")) or {"status": "pending"}
+            item = _read_json(store, imagery.scene_uri(key, "item.json")) if status["status"] == "complete" else None
+        except ValueError as exc:
+            return key, {"status": "unreadable", "reason": str(exc)}, None
+        return key, status, item
+
+    with ThreadPoolExecutor(SCENE_READERS, thread_name_prefix="catalog-read") as pool:
+        return list(pool.map(read, keys))
 
 
 @dg.asset(
@@ -53,17 +86,17 @@ def imagery_catalog(context: dg.AssetExecutionContext, imagery: ImageryStore) ->
     change; the CLI refreshes it at the end of each run.
     """
     keys = sorted(context.instance.get_dynamic_partitions(scenes.name))
+    store = imagery.catalog_store()
     items: list[pystac.Item] = []
     others: list[dict] = []
-    for key in keys:
-        status = _read_json(imagery, imagery.scene_uri(key, "status.json")) or {"status": "pending"}
-        item = _read_json(imagery, imagery.scene_uri(key, "item.json")) if status["status"] == "complete" else None
+    for key, status, item in _scene_files(imagery, store, keys):
         if item is not None:
-            items.append(pystac.Item.from_dict(item))
+            # Written by this project at pystac's STAC version: no migration, no defensive copy
+            # (together half of the ~1 ms an Item took to load).
+            items.append(pystac.Item.from_dict(item, migrate=False, preserve_dict=False))
         else:
             others.append({"id": key, "status": status["status"], "description": status.get("reason", "")})
     collection = build_collection(items)
-    store = imagery.catalog_store()
     collection_uri = imagery.catalog_uri("collection.json")
     write_stac_json(store, collection_uri, collection)
     frame = items_frame(items)
