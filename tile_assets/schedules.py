@@ -11,12 +11,13 @@ until its object changes, which the sensor picks up as a new version.
 
 import json
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
 from tile_assets.checks import COVERAGE_THRESHOLD
 from tile_assets.core.errors import StoreError, TileAssetsError
-from tile_assets.core.store import Store
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
@@ -60,11 +61,41 @@ def retry_due(attempts: list[float], now: float) -> bool:
     return now - max(attempts) >= BASE_BACKOFF_SECONDS * 2 ** (len(attempts) - 1)
 
 
-def _status(imagery: ImageryStore, store: Store, key: str) -> dict | None:
-    try:
-        return json.loads(store.read_bytes(imagery.scene_uri(key, "status.json")))
-    except StoreError:
-        return None
+RUNS_PER_SCENE = 20
+"""A scene's most recent runs looked at: its last run and the retries of its version."""
+SCENES_PER_QUERY = 200
+"""Scenes whose runs one query fetches: a query per scene took ~2.5 ms on SQLite, 25 s for 10,000."""
+STATUS_READERS = 8
+"""status.json files read at once (a round trip each on S3; boto3's client pools 10 connections)."""
+
+
+def recent_runs(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, list[dg.RunRecord]]:
+    """Each scene's `process_scene` runs, newest first, at most `RUNS_PER_SCENE`."""
+    runs: dict[str, list[dg.RunRecord]] = {}
+    for start in range(0, len(keys), SCENES_PER_QUERY):
+        chunk = list(keys[start : start + SCENES_PER_QUERY])
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"dagster/partition": chunk}, job_name=process_scene.name)
+        )
+        for record in records:  # newest first
+            scene_runs = runs.setdefault(record.dagster_run.tags.get("dagster/partition", ""), [])
+            if len(scene_runs) < RUNS_PER_SCENE:
+                scene_runs.append(record)
+    return runs
+
+
+def read_statuses(imagery: ImageryStore, keys: Sequence[str]) -> list[dict | None]:
+    """Each scene's status.json, None where it is missing or unreadable."""
+    store = imagery.catalog_store()  # one for all: an S3 store builds a boto3 client (~10 ms)
+
+    def read(key: str) -> dict | None:
+        try:
+            return json.loads(store.read_bytes(imagery.scene_uri(key, "status.json")))
+        except (StoreError, ValueError):
+            return None
+
+    with ThreadPoolExecutor(STATUS_READERS, thread_name_prefix="status-read") as pool:
+        return list(pool.map(read, keys))
 
 
 @dg.schedule(
@@ -85,15 +116,12 @@ def retry_incomplete_scenes(
         context.log.warning(f"gate policy unreadable, rejected scenes are not retried: {exc}")
         gate_policy = ""
     requests = []
-    store = imagery.catalog_store()  # one for the tick: an S3 store builds a boto3 client (~10 ms)
-    for key in context.instance.get_dynamic_partitions(scenes.name):
-        records = context.instance.get_run_records(
-            filters=dg.RunsFilter(tags={"dagster/partition": key}, job_name=process_scene.name), limit=20
-        )
-        if not records or not records[0].dagster_run.is_finished:
-            continue
+    keys = context.instance.get_dynamic_partitions(scenes.name)
+    runs = recent_runs(context.instance, keys)
+    finished = {key: runs[key] for key in keys if key in runs and runs[key][0].dagster_run.is_finished}
+    for (key, records), status in zip(finished.items(), read_statuses(imagery, list(finished)), strict=True):
         last = records[0].dagster_run
-        reason = needs_retry(_status(imagery, store, key), last.is_failure, gate_policy)
+        reason = needs_retry(status, last.is_failure, gate_policy)
         if reason is None:
             continue
         version = last.tags.get("tile_assets/version", "")

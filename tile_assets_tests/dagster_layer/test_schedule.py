@@ -12,13 +12,17 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pytest
+from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.test_utils import create_run_for_test
 
+import tile_assets.schedules
 from tile_assets.checks import COVERAGE_THRESHOLD
 from tile_assets.schedules import (
     BASE_BACKOFF_SECONDS,
     MAX_ATTEMPTS,
     RETRY_TAG,
     needs_retry,
+    recent_runs,
     retry_due,
     retry_incomplete_scenes,
 )
@@ -170,3 +174,26 @@ def test_scenes_not_failed_are_left_alone(scenes: Scenes) -> None:
     keys = {r.partition_key for r in scenes.tick(scenes.start + dt.timedelta(days=365))}
     assert scenes.never_run not in keys
     assert scenes.complete not in keys and scenes.rejected not in keys
+
+
+def test_runs_are_fetched_for_many_scenes_at_once_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One query per `SCENES_PER_QUERY` scenes, not per scene; each scene keeps its newest runs."""
+    monkeypatch.setattr(tile_assets.schedules, "SCENES_PER_QUERY", 2)
+    monkeypatch.setattr(tile_assets.schedules, "RUNS_PER_SCENE", 3)
+    with dg.instance_for_test() as instance:
+        made: dict[str, list[str]] = {}
+        for i in range(16):  # interleaved across scenes, as runs come; scene-0 has 4
+            key = f"scene-{i % 5}"
+            run = create_run_for_test(
+                instance, job_name="process_scene", status=DagsterRunStatus.SUCCESS, tags={"dagster/partition": key}
+            )
+            made.setdefault(key, []).append(run.run_id)
+        create_run_for_test(instance, job_name="refresh_catalog", tags={"dagster/partition": "scene-0"})
+        queries = []
+        fetch = instance.get_run_records
+        monkeypatch.setattr(instance, "get_run_records", lambda **kw: queries.append(kw) or fetch(**kw))
+        runs = recent_runs(instance, [f"scene-{i}" for i in range(6)])
+    assert len(queries) == 3  # 6 scenes, 2 a query
+    assert {key: [r.dagster_run.run_id for r in records] for key, records in runs.items()} == {
+        key: list(reversed(ids))[:3] for key, ids in made.items()
+    }
