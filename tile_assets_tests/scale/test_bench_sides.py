@@ -65,3 +65,10 @@ def test_read_sides_read_every_window(scene: Path) -> None:
     ours = run_side("bench.bench_read", ["ours", str(scene)])
     plain = run_side("bench.bench_read", ["plain", str(scene), "masked"])
     assert ours["tiles"] == plain["tiles"] == TILES
+
+
+def test_plain_loop_side_predicts_every_tile_and_reports_its_growth(scene: Path) -> None:
+    loop = run_side("bench.bench_memory", ["plain_loop", str(scene)])
+    assert loop["tiles"] == TILES
+    assert loop["findings"] > 0
+    assert 0 <= loop["growth"] < 200 * 2**20
