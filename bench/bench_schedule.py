@@ -3,7 +3,8 @@
 Creates `--scenes` partitions, each with one finished `process_scene` run
 and a complete status.json in a local catalog, then evaluates the schedule
 once, as the daemon would at its 15-minute tick (no scene is due, so the
-tick looks at every scene and requests nothing). The daemon gives a
+tick looks at every scene and requests nothing). The runs carry no check
+evaluations, so every status.json is read: the worst case. The daemon gives a
 schedule evaluation 60 s by default (DAGSTER_SCHEDULE_GRPC_TIMEOUT_SECONDS).
 
     .venv/bin/python bench/bench_schedule.py [--scenes 10000]

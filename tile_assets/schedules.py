@@ -11,12 +11,13 @@ until its object changes, which the sensor picks up as a new version.
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from tile_assets.checks import COVERAGE_THRESHOLD
+from tile_assets.checks import COVERAGE_THRESHOLD, tile_coverage
 from tile_assets.core.errors import StoreError, TileAssetsError
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
@@ -84,6 +85,26 @@ def recent_runs(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, 
     return runs
 
 
+def coverage_met(instance: dg.DagsterInstance, last_runs: Mapping[str, dg.DagsterRun]) -> set[str]:
+    """Scenes whose last run succeeded and whose `tile_coverage` check passed in that very run.
+
+    Nothing about such a scene calls for a retry, so its status.json need not
+    be read (a GET per scene every tick on S3). One query covers every
+    partition of the check.
+    """
+    succeeded = {key: run.run_id for key, run in last_runs.items() if run.is_success}
+    if not succeeded:
+        return set()
+    infos = instance.event_log_storage.get_asset_check_partition_info([tile_coverage.check_key])
+    return {
+        info.partition_key
+        for info in infos
+        if info.partition_key in succeeded
+        and info.latest_planned_run_id == succeeded[info.partition_key]
+        and info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    }
+
+
 def read_statuses(imagery: ImageryStore, keys: Sequence[str]) -> list[dict | None]:
     """Each scene's status.json, None where it is missing or unreadable."""
     store = imagery.catalog_store()  # one for all: an S3 store builds a boto3 client (~10 ms)
@@ -119,7 +140,9 @@ def retry_incomplete_scenes(
     keys = context.instance.get_dynamic_partitions(scenes.name)
     runs = recent_runs(context.instance, keys)
     finished = {key: runs[key] for key in keys if key in runs and runs[key][0].dagster_run.is_finished}
-    for (key, records), status in zip(finished.items(), read_statuses(imagery, list(finished)), strict=True):
+    covered = coverage_met(context.instance, {key: records[0].dagster_run for key, records in finished.items()})
+    todo = {key: records for key, records in finished.items() if key not in covered}
+    for (key, records), status in zip(todo.items(), read_statuses(imagery, list(todo)), strict=True):
         last = records[0].dagster_run
         reason = needs_retry(status, last.is_failure, gate_policy)
         if reason is None:

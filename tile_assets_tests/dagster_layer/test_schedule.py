@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -17,6 +18,7 @@ from dagster._core.test_utils import create_run_for_test
 
 import tile_assets.schedules
 from tile_assets.checks import COVERAGE_THRESHOLD
+from tile_assets.core.store import LocalStore
 from tile_assets.schedules import (
     BASE_BACKOFF_SECONDS,
     MAX_ATTEMPTS,
@@ -197,3 +199,22 @@ def test_runs_are_fetched_for_many_scenes_at_once_newest_first(monkeypatch: pyte
     assert {key: [r.dagster_run.run_id for r in records] for key, records in runs.items()} == {
         key: list(reversed(ids))[:3] for key, ids in made.items()
     }
+
+
+def test_a_scene_whose_last_run_met_its_coverage_check_is_not_read(
+    scenes: Scenes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its `tile_coverage` check passed in that run: nothing to retry, and no GET for its status on S3."""
+    read = LocalStore.read_bytes
+    statuses: list[str] = []
+
+    def counted(self: LocalStore, uri: str) -> bytes:
+        if uri.endswith("status.json"):
+            statuses.append(uri)
+        return read(self, uri)
+
+    monkeypatch.setattr(LocalStore, "read_bytes", counted)
+    scenes.tick(scenes.start + dt.timedelta(days=365))
+    read_keys = {Path(uri).parent.name for uri in statuses}
+    assert scenes.complete not in read_keys
+    assert {scenes.missing, scenes.rejected} <= read_keys  # their last runs failed: the reason is in the file
