@@ -90,7 +90,9 @@ def coverage_met(instance: dg.DagsterInstance, last_runs: Mapping[str, dg.Dagste
 
     Nothing about such a scene calls for a retry, so its status.json need not
     be read (a GET per scene every tick on S3). One query covers every
-    partition of the check.
+    partition of the check: the event log storage's own method, since the
+    instance's public one (`get_latest_asset_check_evaluation_record`) takes
+    no partition.
     """
     succeeded = {key: run.run_id for key, run in last_runs.items() if run.is_success}
     if not succeeded:
