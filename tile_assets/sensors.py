@@ -14,9 +14,10 @@ from typing import TypeVar
 
 import dagster as dg
 
-from tile_assets.core.errors import TileAssetsError
+from tile_assets.core.errors import StoreError, TileAssetsError, TransientStoreError
 from tile_assets.core.inbox import InboxState, SceneChange, scan_inbox, state_folder
-from tile_assets.core.registry import forget_scene, register_scene
+from tile_assets.core.registry import forget_scene, lookup_registration, register_scene
+from tile_assets.core.store import Store, is_s3_uri, local_path
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
 from tile_assets.resources import ImageryStore
@@ -79,6 +80,38 @@ def already_materialized(instance: dg.DagsterInstance, change: SceneChange) -> b
     return data_version.split(":", 1)[-1].startswith(change.version)
 
 
+def restart_state(context: dg.SensorEvaluationContext, folder: str) -> InboxState:
+    """A new pass when the state file the cursor names is gone, knowing every scene partition.
+
+    Their versions are unknown, so each listed object is versioned again and
+    reported; run keys and `already_materialized` keep that from running
+    anything twice. Partitions not listed by the end of the pass are deleted
+    if their registry entry names an object of this inbox (`registered_in`),
+    as deletions always are: those are the deletions made while the state
+    was lost.
+    """
+    known = {key: ["", ""] for key in scenes.get_partition_keys(dynamic_partitions_store=context.instance)}
+    context.log.warning(
+        f"the sensor state the cursor names is gone from {folder}; a new pass checks the inbox again "
+        f"against the {len(known)} scene partitions"
+    )
+    return InboxState(known=known)
+
+
+def registered_in(store: Store, imagery: ImageryStore, key: str) -> bool:
+    """Whether a partition's registry entry names an object under this inbox. Partitions the CLI
+    registered from elsewhere, or without an entry, are never deleted by this sensor."""
+    try:
+        obj, _ = lookup_registration(store, imagery.catalog, key)
+    except TransientStoreError:
+        raise  # the tick is skipped and its cursor kept: the deletion is decided again
+    except (StoreError, ValueError, KeyError, TypeError):
+        return False
+    if is_s3_uri(imagery.inbox):
+        return obj.uri.startswith(imagery.inbox.rstrip("/") + "/")
+    return local_path(obj.uri).resolve().is_relative_to(local_path(imagery.inbox).resolve())
+
+
 def scene_run_request(change: SceneChange) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"{change.partition_key}:{change.version}",
@@ -100,26 +133,23 @@ def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore
         catalog_store = imagery.catalog_store()
         loaded_from = context.cursor
         state = InboxState.load(catalog_store, folder, loaded_from)
-        if state is None:  # as a new sensor does: runs are not repeated (run keys, `already_materialized`)
+        if state is None:
             loaded_from = None
-            context.log.warning(
-                f"the sensor state the cursor names is gone from {folder}; a new pass over the inbox starts, "
-                "and deletions from the inbox before it are not noticed"
-            )
-            state = InboxState()
+            state = restart_state(context, folder)
         scan = scan_inbox(imagery.inbox_store(), imagery.inbox, state, MAX_OBJECTS_PER_TICK)
+        deleted = [key for key in scan.deleted if registered_in(catalog_store, imagery, key)]
         run_all(
             lambda c: register_scene(catalog_store, imagery.catalog, c.partition_key, c.obj, c.fingerprint),
             scan.changes,
         )
-        run_all(lambda key: forget_scene(catalog_store, imagery.catalog, key), scan.deleted)
+        run_all(lambda key: forget_scene(catalog_store, imagery.catalog, key), deleted)
         cursor = scan.state.save(catalog_store, folder, loaded_from)
     except TileAssetsError as exc:
         context.log.error(f"inbox scan failed, cursor kept for the next tick: {exc}")
         return dg.SkipReason(f"inbox scan failed: {exc}")
     for uri, reason in scan.ignored[:20]:
         context.log.debug(f"ignored {uri}: {reason}")
-    for key in scan.deleted:
+    for key in deleted:
         context.log.warning(f"scene {key}: its object left the inbox; removed from the catalog")
     # One query for all keys: `has_dynamic_partition` per key cost ~30 ms each on SQLite.
     existing = set(scenes.get_partition_keys(dynamic_partitions_store=context.instance)) if scan.changes else set()
@@ -127,17 +157,17 @@ def new_images_sensor(context: dg.SensorEvaluationContext, imagery: ImageryStore
     # A scene first seen by this cursor but already done at this version (CLI runs) is not redone.
     todo = [c for c in scan.changes if not (c.partition_key in existing and already_materialized(context.instance, c))]
     requests = [scene_run_request(c) for c in todo]
-    if scan.deleted:
+    if deleted:
         requests.append(dg.RunRequest(run_key=None, job_name=refresh_catalog.name, tags={"tile_assets/trigger": "deletion"}))
     partition_requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if new_keys:
         partition_requests.append(scenes.build_add_request(new_keys))
-    if scan.deleted:
-        partition_requests.append(scenes.build_delete_request(scan.deleted))
+    if deleted:
+        partition_requests.append(scenes.build_delete_request(deleted))
     context.log.info(
         f"listed to {scan.state.after or 'end of pass'}: {len(scan.changes)} new/changed "
         f"({len(scan.changes) - len(todo)} already materialized at that version), "
-        f"{len(scan.deleted)} deleted, {len(scan.ignored)} ignored"
+        f"{len(deleted)} deleted, {len(scan.ignored)} ignored"
     )
     return dg.SensorResult(
         run_requests=requests,

@@ -22,7 +22,7 @@ from tile_assets.core.store import LocalStore
 from tile_assets.jobs import process_scene, refresh_catalog
 from tile_assets.partitions import scenes
 from tile_assets.sensors import new_images_sensor
-from tile_assets_tests.dagster_layer.fixtures import INBOX, copy_images, definitions_for
+from tile_assets_tests.dagster_layer.fixtures import INBOX, copy_images, definitions_for, register_image
 
 IMAGES = ("rgb-byte-tenth.tif", "colorado_aerial_cl1.tif", "page_text.png")
 MORE_IMAGES = ("astronaut.png", "389225main_sw_1965_1024.jpg")
@@ -278,3 +278,18 @@ def test_a_lost_state_file_starts_a_new_pass_that_repeats_no_run(inbox: Inbox) -
     assert not added_keys(again)
     assert json.loads(inbox.cursor or "{}")["state"]  # and a new state file is named
     assert not inbox.tick().run_requests
+
+
+def test_after_a_lost_state_file_deletions_made_meanwhile_are_noticed(inbox: Inbox, tmp_path: Path) -> None:
+    """Not the partitions the CLI registered from another folder: their objects are not this inbox's."""
+    inbox.tick()
+    elsewhere = copy_images(tmp_path / "elsewhere", INBOX / MORE_IMAGES[0])[0]
+    foreign = register_image(inbox.instance, inbox.catalog, elsewhere)
+    shutil.rmtree(inbox.catalog / "_sensor")
+    gone = inbox.key(IMAGES[1])
+    (inbox.folder / IMAGES[1]).unlink()
+    result = inbox.tick()
+    deletes = [r for r in result.dynamic_partitions_requests or [] if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
+    assert [list(r.partition_keys) for r in deletes] == [[gone]]
+    assert inbox.partitions() == {inbox.key(IMAGES[0]), inbox.key(IMAGES[2]), foreign}
+    assert not inbox.tick().dynamic_partitions_requests
