@@ -12,13 +12,13 @@ until its object changes, which the sensor picks up as a new version.
 import json
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from tile_assets.checks import COVERAGE_THRESHOLD, tile_coverage
 from tile_assets.core.errors import StoreError, TileAssetsError
+from tile_assets.core.store import Store
 from tile_assets.jobs import process_scene
 from tile_assets.partitions import scenes
 from tile_assets.resources import GateResource, ImageryStore
@@ -66,8 +66,6 @@ RUNS_PER_SCENE = 20
 """A scene's most recent runs looked at: its last run and the retries of its version."""
 SCENES_PER_QUERY = 200
 """Scenes whose runs one query fetches: a query per scene took ~3 ms on SQLite, 31.7 s for 10,000."""
-STATUS_READERS = 8
-"""status.json files read at once (a round trip each on S3; boto3's client pools 10 connections)."""
 
 
 def recent_runs(instance: dg.DagsterInstance, keys: Sequence[str]) -> dict[str, list[dg.RunRecord]]:
@@ -109,16 +107,14 @@ def coverage_met(instance: dg.DagsterInstance, last_runs: Mapping[str, dg.Dagste
 
 def read_statuses(imagery: ImageryStore, keys: Sequence[str]) -> list[dict | None]:
     """Each scene's status.json, None where it is missing or unreadable."""
-    store = imagery.catalog_store()  # one for all: an S3 store builds a boto3 client (~10 ms)
 
-    def read(key: str) -> dict | None:
+    def read(store: Store, key: str) -> dict | None:
         try:
             return json.loads(store.read_bytes(imagery.scene_uri(key, "status.json")))
         except (StoreError, ValueError):
             return None
 
-    with ThreadPoolExecutor(STATUS_READERS, thread_name_prefix="status-read") as pool:
-        return list(pool.map(read, keys))
+    return imagery.read_scenes(keys, read)
 
 
 @dg.schedule(

@@ -2,7 +2,6 @@
 
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import pandas as pd
@@ -30,11 +29,6 @@ CATALOG_AUTOMATION = (
 that newly fails refreshes it too, so the catalog lists it as failed instead of leaving it out."""
 
 
-SCENE_READERS = 8
-"""Scenes whose files are read at once: one GET after another is a round trip each (a few ms on
-a local S3 server, tens on AWS), and boto3's client pools 10 connections."""
-
-
 def _read_json(store: Store, uri: str) -> dict | None:
     """A scene's JSON file, or None when it is missing. A transient error is raised, so the catalog
     is not published with a complete scene listed as pending; so is a file that is not JSON."""
@@ -50,13 +44,13 @@ def _read_json(store: Store, uri: str) -> dict | None:
         raise ValueError(f"{uri}: not JSON ({exc})") from exc
 
 
-def _scene_files(imagery: ImageryStore, store: Store, keys: list[str]) -> list[tuple[str, dict, dict | None]]:
+def _scene_files(imagery: ImageryStore, keys: list[str]) -> list[tuple[str, dict, dict | None]]:
     """Each scene's status.json (pending when absent) and, for a complete scene, its item.json.
 
     A scene whose file is not JSON is listed as unreadable, with the reason; the others go on.
     """
 
-    def read(key: str) -> tuple[str, dict, dict | None]:
+    def read(store: Store, key: str) -> tuple[str, dict, dict | None]:
         try:
             status = _read_json(store, imagery.scene_uri(key, "status.json")) or {"status": "pending"}
             item = _read_json(store, imagery.scene_uri(key, "item.json")) if status["status"] == "complete" else None
@@ -64,8 +58,7 @@ def _scene_files(imagery: ImageryStore, store: Store, keys: list[str]) -> list[t
             return key, {"status": "unreadable", "reason": str(exc)}, None
         return key, status, item
 
-    with ThreadPoolExecutor(SCENE_READERS, thread_name_prefix="catalog-read") as pool:
-        return list(pool.map(read, keys))
+    return imagery.read_scenes(keys, read)
 
 
 @dg.asset(
@@ -86,10 +79,9 @@ def imagery_catalog(context: dg.AssetExecutionContext, imagery: ImageryStore) ->
     change; the CLI refreshes it at the end of each run.
     """
     keys = sorted(context.instance.get_dynamic_partitions(scenes.name))
-    store = imagery.catalog_store()
     items: list[pystac.Item] = []
     others: list[dict] = []
-    for key, status, item in _scene_files(imagery, store, keys):
+    for key, status, item in _scene_files(imagery, keys):
         if item is not None:
             # Written by this project at pystac's STAC version: no migration, no defensive copy
             # (together half of the ~1 ms an Item took to load).
@@ -97,6 +89,7 @@ def imagery_catalog(context: dg.AssetExecutionContext, imagery: ImageryStore) ->
         else:
             others.append({"id": key, "status": status["status"], "description": status.get("reason", "")})
     collection = build_collection(items)
+    store = imagery.catalog_store()
     collection_uri = imagery.catalog_uri("collection.json")
     write_stac_json(store, collection_uri, collection)
     frame = items_frame(items)
